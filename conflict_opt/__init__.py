@@ -1,0 +1,32 @@
+"""conflict_opt: conflict-averse multi-objective update directions for PyTorch.
+
+Solvers are pure functions of the K×K Gram matrix of the per-objective gradients; see
+:func:`solve` and ``docs/solvers.md``.
+"""
+
+from __future__ import annotations
+
+from ._types import Backend as Backend
+from ._types import Method as Method
+from ._types import SolveResult as SolveResult
+from ._types import SolverError as SolverError
+from ._types import Status as Status
+from .diagnostics import Diagnostics as Diagnostics
+from .diagnostics import diagnostics as diagnostics
+from .solvers import check as check
+from .solvers import solve as solve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "Diagnostics",
+    "Method",
+    "SolveResult",
+    "SolverError",
+    "Status",
+    "__version__",
+    "check",
+    "diagnostics",
+    "solve",
+]

@@ -1,0 +1,119 @@
+"""Exact solutions of the normalised dual for K ≤ 3 by candidate enumeration (RACO.md §2).
+
+Edge (K = 2, and each edge for K = 3). On the segment p = λe_i + (1 − λ)e_j, with
+q2 = ‖g_i − g_j‖², λ0 = ⟨g_j − g_i, g_j⟩ / q2 (the min-norm point of the line, MGDA's γ*) and
+m = (H_ii H_jj − H_ij²) / q2 (its squared norm), ‖G_p‖² = q2 (λ − λ0)² + m and
+
+    h(λ) = β_j + δλ + σ sqrt(q2 (λ − λ0)² + m),      δ = β_i − β_j.
+
+h'(λ) = 0 reads q2 x / sqrt(q2 x² + m) = κ with x = λ − λ0 and κ = −δ/σ, which has the single
+solution x = κ sqrt(m / (q2 (q2 − κ²))) when κ² < q2 (else h is monotone). Solving for x this way
+instead of squaring h' = 0 into a quadratic in λ (RACO.md §2) gives no spurious roots and no
+cancellation in the coefficients; since h is convex, clamping the stationary point to [0, 1] and
+comparing with both endpoints yields the edge minimum.
+
+Interior (K = 3). A smooth interior optimum satisfies β + σ H p / ‖G_p‖ = ν𝟏; with q = σp/‖G_p‖
+this is H q = ν𝟏 − β and qᵀHq = σ², so A ν² − 2Bν + C − σ² = 0 with A = 𝟏ᵀH⁻¹𝟏, B = 𝟏ᵀH⁻¹β,
+C = βᵀH⁻¹β, and 𝟏ᵀq > 0 selects ν = (B + sqrt(B² − A(C − σ²))) / A; then Φ* = ν and p ∝ H⁻¹(ν𝟏−β).
+A non-smooth interior optimum has ‖G_p‖ = 0, i.e. p ∝ a null vector of H with one sign.
+When H is singular every other interior optimum lies on a line of constant Φ that meets the
+boundary, so the edge candidates already contain an optimum. Every candidate is a feasible
+point, so keeping the one with the smallest Φ is safe even when a candidate is not optimal.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._problem import Problem
+
+_EDGES = {2: ((0, 1),), 3: ((0, 1), (0, 2), (1, 2))}
+
+
+def _edge_minimiser(problem: Problem, i: int, j: int) -> torch.Tensor:
+    """λ ∈ [0, 1] minimising Φ on the edge λe_i + (1 − λ)e_j; returns ``[B]``."""
+    h = problem.gram
+    hii, hjj, hij = h[:, i, i], h[:, j, j], h[:, i, j]
+    q2 = (hii + hjj - 2 * hij).clamp_min(0.0)
+    flat = q2 <= 0
+    safe_q2 = torch.where(flat, 1.0, q2)
+    lam0 = (hjj - hij) / safe_q2
+    m = ((hii * hjj - hij * hij) / safe_q2).clamp_min(0.0)
+    kappa = (problem.beta[:, j] - problem.beta[:, i]) / problem.sigma
+    room = safe_q2 - kappa * kappa
+    has_stationary = ~flat & (room > 0)
+    x = kappa * (m / (safe_q2 * torch.where(has_stationary, room, 1.0))).sqrt()
+    lam_stationary = (lam0 + x).clamp(0.0, 1.0)
+
+    candidates = torch.stack(
+        [torch.zeros_like(q2), torch.ones_like(q2), torch.where(has_stationary, lam_stationary, 0)],
+        dim=-1,
+    )  # [B, 3]
+    sq = (q2[:, None] * (candidates - lam0[:, None]) ** 2 + m[:, None]).clamp_min(0.0)
+    # On a flat edge (g_i = g_j) ‖G_p‖ is constant and the expression above is not used.
+    sq = torch.where(flat[:, None], hjj[:, None].clamp_min(0.0), sq)
+    beta_i, beta_j = problem.beta[:, i, None], problem.beta[:, j, None]
+    values = beta_j + (beta_i - beta_j) * candidates + problem.sigma[:, None] * sq.sqrt()
+    return candidates.gather(-1, values.argmin(-1, keepdim=True)).squeeze(-1)
+
+
+def _interior_candidates(problem: Problem) -> torch.Tensor:
+    """Smooth and zero-norm interior KKT points for K = 3; ``[B, 2, 3]``, NaN where absent."""
+    h = problem.gram
+    evals, evecs = torch.linalg.eigh(h)  # ascending
+    cutoff = 1e-13 * evals[:, -1:].clamp_min(0.0)
+    invertible = evals > cutoff
+    inv_evals = torch.where(invertible, 1.0 / torch.where(invertible, evals, 1.0), 0.0)
+    h_inv = (evecs * inv_evals[:, None, :]) @ evecs.transpose(-1, -2)
+    full_rank = invertible.all(-1)
+
+    ones = torch.ones_like(problem.beta)
+    inv_one = torch.einsum("bij,bj->bi", h_inv, ones)
+    inv_beta = torch.einsum("bij,bj->bi", h_inv, problem.beta)
+    a = inv_one.sum(-1)
+    b = inv_beta.sum(-1)
+    c = (problem.beta * inv_beta).sum(-1)
+    disc = b * b - a * (c - problem.sigma**2)
+    ok = full_rank & (a > 0) & (disc >= 0)
+    nu = (b + disc.clamp_min(0.0).sqrt()) / torch.where(ok, a, 1.0)
+    q = nu[:, None] * inv_one - inv_beta
+    total = q.sum(-1)
+    ok = ok & (total > 0)
+    smooth = q / torch.where(ok, total, 1.0)[:, None]
+    smooth = torch.where(ok[:, None] & (smooth >= 0).all(-1, keepdim=True), smooth, torch.nan)
+
+    null = evecs[:, :, 0]
+    null = null * torch.where(null.sum(-1) < 0, -1.0, 1.0)[:, None]
+    single_null = ~invertible[:, 0] & invertible[:, 1]
+    zero_norm = null / torch.where(single_null, null.sum(-1), 1.0)[:, None]
+    positive = single_null & (zero_norm > 0).all(-1)
+    zero_norm = torch.where(positive[:, None], zero_norm, torch.nan)
+    return torch.stack([smooth, zero_norm], dim=1)
+
+
+def solve_closed_form(problem: Problem) -> torch.Tensor:
+    """Exact dual optimum ``p [B, K]`` for K ∈ {1, 2, 3}."""
+    batch, k = problem.beta.shape
+    if k == 1:
+        return torch.ones_like(problem.beta)
+    if k not in _EDGES:
+        raise ValueError(
+            f"backend='closed_form' is exact only for K <= 3 objectives, got K={k}; "
+            "use backend='iterative' (any K) or backend='exact' (cvxpy reference)."
+        )
+    candidates = []
+    for i, j in _EDGES[k]:
+        lam = _edge_minimiser(problem, i, j)
+        p = torch.zeros_like(problem.beta)
+        p[:, i] = lam
+        p[:, j] = 1.0 - lam
+        candidates.append(p)
+    stacked = torch.stack(candidates, dim=1)  # [B, E, K]
+    if k == 3:
+        stacked = torch.cat([stacked, _interior_candidates(problem)], dim=1)
+    safe = torch.nan_to_num(stacked, nan=0.0)
+    norm = torch.einsum("bei,bij,bej->be", safe, problem.gram, safe).clamp_min(0.0).sqrt()
+    values = torch.einsum("bei,bi->be", safe, problem.beta) + problem.sigma[:, None] * norm
+    values = torch.where(stacked.isnan().any(-1), torch.inf, values)
+    best = values.argmin(-1)
+    return stacked[torch.arange(batch, device=best.device), best]

@@ -1,0 +1,256 @@
+"""The normalised dual shared by every method and backend, its certificate and the coefficients.
+
+Every method except ``"linear"`` reduces to one convex problem on the simplex Δ_K::
+
+    min_{p ∈ Δ_K}  Φ(p) = βᵀp + σ ‖G_p‖,     ‖G_p‖ = sqrt(pᵀ H̄ p),
+
+where H̄ = H / trace(H) is the trace-normalised Gram matrix (so the answer cannot depend on the
+gradient scale) and
+
+* CAGrad / CAGrad-Clip (RACO.md §1, step 3, divided by ‖g_0‖): β = H̄w / ‖ḡ_0‖, σ = c, with
+  ‖ḡ_0‖ = sqrt(wᵀH̄w). Φ·‖ḡ_0‖ is exactly RACO's Φ(p) = G_pᵀg_0 + c‖g_0‖‖G_p‖ on H̄;
+* MGDA: β = 0, σ = 1. min ‖G_p‖ and min ‖G_p‖² (Désidéri 2012; Sener & Koltun 2018) have the
+  same minimisers, so the min-norm problem is the zero-anchor case of the same dual.
+
+The primal problem (strong duality, RACO.md §1) is max_{u ∈ span, ‖u‖ ≤ σ} min_i (β_i + ⟨ḡ_i, u⟩)
+and its optimal value equals Φ*. Any feasible u therefore certifies Φ(p) − Φ* ≤ Φ(p) − ψ(u) with
+ψ(u) = min_i (β_i + ⟨ḡ_i, u⟩); :func:`certificate` evaluates this for u = σ G_p/‖G_p‖ (which makes
+the bound the Frank–Wolfe gap and the KKT residual of p), for u = 0, and for a solver-supplied u.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._types import Status
+
+# Relative tolerances of the certificate (gap / max_i ‖ḡ_i‖).
+TOL_OPTIMAL = 1e-9
+TOL_INACCURATE = 1e-6
+
+
+def _roundoff(dtype: torch.dtype, k: int) -> float:
+    """Relative size of round-off in a quadratic form of a trace-normalised Gram of ``dtype``."""
+    return 8.0 * k * torch.finfo(dtype).eps
+
+
+class Problem(NamedTuple):
+    """A batch of normalised duals; batch dimensions are flattened to one, ``B``."""
+
+    gram: torch.Tensor  # [B, K, K] float64, symmetric, trace 1 (identity/K where not solvable)
+    weights: torch.Tensor  # [B, K] float64 on the simplex
+    beta: torch.Tensor  # [B, K]
+    sigma: torch.Tensor  # [B]
+    anchor_norm: torch.Tensor  # [B] ‖ḡ_0‖ in trace-normalised units
+    nonfinite: torch.Tensor  # [B] bool
+    degenerate: torch.Tensor  # [B] bool: zero Gram, or ‖g_0‖ = 0 for the CAGrad methods
+    tiny: float  # the round-off level of quadratic forms in the caller's dtype
+    squared: bool  # certify Φ² (MGDA's own objective ‖G_p‖²) instead of Φ
+
+
+def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) -> Problem:
+    """Build the normalised dual from a validated ``gram [B, K, K]`` and ``weights [B, K]``.
+
+    Problems whose Gram has non-finite entries, or cannot be solved (zero Gram, vanishing anchor)
+    get a harmless stand-in (identity Gram) so batched code stays finite; the flags say which.
+    """
+    k = gram.shape[-1]
+    tiny = _roundoff(gram.dtype, k)
+    h = gram.to(torch.float64)
+    w = weights.to(torch.float64)
+    eye = torch.eye(k, dtype=torch.float64, device=h.device)
+
+    nonfinite = ~torch.isfinite(h).flatten(-2).all(-1)
+    h = torch.where(nonfinite[:, None, None], eye, h)
+    h = 0.5 * (h + h.transpose(-1, -2))
+    trace = h.diagonal(dim1=-2, dim2=-1).sum(-1)
+    # Grams are PSD, so trace 0 means every gradient is zero; a negative trace only survives
+    # validation as round-off around zero.
+    zero = trace <= 0
+    h = torch.where(zero[:, None, None], eye / k, h / torch.where(zero, 1.0, trace)[:, None, None])
+
+    g0_sq = torch.einsum("bi,bij,bj->b", w, h, w).clamp_min(0.0)
+    anchor_norm = g0_sq.sqrt()
+    if method in ("cagrad", "cagrad_clip"):
+        anchor_zero = g0_sq <= tiny
+        degenerate = zero | anchor_zero
+        safe_norm = torch.where(degenerate, 1.0, anchor_norm)
+        beta = torch.einsum("bij,bj->bi", h, w) / safe_norm[:, None]
+        beta = torch.where(degenerate[:, None], 0.0, beta)
+        sigma = torch.where(degenerate, 1.0, torch.full_like(trace, c))
+    else:
+        degenerate = zero
+        beta = torch.zeros_like(w)
+        sigma = torch.ones_like(trace)
+    degenerate = degenerate & ~nonfinite
+    return Problem(h, w, beta, sigma, anchor_norm, nonfinite, degenerate, tiny, method == "mgda")
+
+
+def objective(problem: Problem, p: torch.Tensor) -> torch.Tensor:
+    """Φ(p) = βᵀp + σ‖G_p‖ for ``p [B, K]``; returns ``[B]``."""
+    r = torch.einsum("bi,bij,bj->b", p, problem.gram, p).clamp_min(0.0).sqrt()
+    return (problem.beta * p).sum(-1) + problem.sigma * r
+
+
+def certificate(
+    problem: Problem, p: torch.Tensor, u_coeffs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Relative upper bound on Φ(p) − Φ* for ``p [B, K]`` on the simplex; returns ``[B]``.
+
+    Args:
+        problem: the normalised problem.
+        p: ``[B, K]`` a point of the simplex.
+        u_coeffs: optional ``[B, K]`` coefficients x of a primal candidate u = Σ_j x_j ḡ_j
+            (e.g. the interior-point dual); it is shrunk into the ball ‖u‖ ≤ σ if needed.
+
+    Returns:
+        ``[B]`` the smallest certified gap, divided by max_i ‖ḡ_i‖ (the scale of Φ). For MGDA
+        (``problem.squared``) the bound is on ‖G_p‖² − ‖G_p*‖² ≤ (Φ − ψ)(Φ + max(ψ, 0)), divided
+        by max_i ‖ḡ_i‖²: near a zero-norm optimum ‖G_p‖ itself resolves only sqrt(eps).
+    """
+    h = problem.gram
+    hp = torch.einsum("bij,bj->bi", h, p)
+    r = (p * hp).sum(-1).clamp_min(0.0).sqrt()
+    phi = (problem.beta * p).sum(-1) + problem.sigma * r
+    psi = problem.beta.min(-1).values  # u = 0
+    smooth = r > 0
+    ratio = problem.sigma / torch.where(smooth, r, 1.0)
+    psi_smooth = (problem.beta + ratio[:, None] * hp).min(-1).values
+    psi = torch.where(smooth, torch.maximum(psi, psi_smooth), psi)
+    if u_coeffs is not None:
+        hx = torch.einsum("bij,bj->bi", h, u_coeffs)
+        norm = (u_coeffs * hx).sum(-1).clamp_min(0.0).sqrt()
+        shrink = torch.where(norm > problem.sigma, problem.sigma / norm.clamp_min(1e-300), 1.0)
+        psi = torch.maximum(psi, (problem.beta + shrink[:, None] * hx).min(-1).values)
+    scale_sq = h.diagonal(dim1=-2, dim2=-1).max(-1).values.clamp_min(0.0)
+    scale_sq = torch.where(scale_sq > 0, scale_sq, 1.0)
+    gap = (phi - psi).clamp_min(0.0)
+    if problem.squared:
+        return gap * (phi + psi.clamp_min(0.0)) / scale_sq
+    return gap / scale_sq.sqrt()
+
+
+def face(
+    problem: Problem, p: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact KKT points and a primal certificate on the face spanned by the support S of ``p``.
+
+    S = {i : p_i > threshold · max_j p_j}. On the face, a smooth optimum satisfies
+    H_SS q = ν𝟏 − β_S and q_Sᵀ H_SS q_S = σ² with q = σp/‖G_p‖ (RACO.md §2, the interior formula
+    applied to a face), so A ν² − 2Bν + C − σ² = 0 with A = 𝟏ᵀH_SS⁺𝟏, B = 𝟏ᵀH_SS⁺β_S,
+    C = β_Sᵀ H_SS⁺ β_S. A non-smooth optimum has G_p = 0: p_S in the null space of H_SS.
+    The primal point u = Σ_S x_j ḡ_j with x_S = H_SS⁺(Φ(p)𝟏 − β_S) certifies p both at a smooth
+    optimum (there it is σ G_p/‖G_p‖) and at a zero-norm one (Φ* = 0, u = −P_S ĝ_0), where the
+    Frank–Wolfe candidate of :func:`certificate` is undefined.
+
+    Args:
+        problem: the normalised problem.
+        p: ``[B, K]`` a point of the simplex (typically a near-optimal iterate).
+        threshold: relative size below which an entry of ``p`` is taken as zero.
+
+    Returns:
+        ``[B, K]`` the face's smooth KKT point and ``[B, K]`` its zero-norm point nearest to
+        ``p`` (NaN rows where none exists in the simplex), and ``[B, K]`` the coefficients x of
+        the primal candidates certifying ``p`` and the zero-norm point (zero off S). The smooth
+        point needs none: :func:`certificate`'s own candidate σG_p/‖G_p‖ is its exact dual.
+    """
+    k = p.shape[-1]
+    support = p > threshold * p.max(-1, keepdim=True).values
+    mask = support[:, :, None] & support[:, None, :]
+    eye = torch.eye(k, dtype=p.dtype, device=p.device)
+    # H_SS embedded with an identity on the complement: its pseudo-inverse is H_SS⁺ ⊕ I, and its
+    # eigenvectors of (near) zero eigenvalue span the null space of H_SS.
+    m = torch.where(mask, problem.gram, torch.where(support[:, None, :], 0.0, eye))
+    evals, evecs = torch.linalg.eigh(m)
+    keep = evals > 1e-13 * evals[:, -1:].clamp_min(0.0)
+    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
+    pinv = (evecs * inv[:, None, :]) @ evecs.transpose(-1, -2)
+    ones = support.to(p.dtype)
+    beta = torch.where(support, problem.beta, 0.0)
+
+    value = objective(problem, p)
+    x = torch.einsum("bij,bj->bi", pinv, value[:, None] * ones - beta) * ones
+
+    inv_one = torch.einsum("bij,bj->bi", pinv, ones) * ones
+    inv_beta = torch.einsum("bij,bj->bi", pinv, beta) * ones
+    a = inv_one.sum(-1)
+    b = inv_beta.sum(-1)
+    c = (beta * inv_beta).sum(-1)
+    disc = b * b - a * (c - problem.sigma**2)
+    ok = (a > 0) & (disc >= 0)
+    nu = (b + disc.clamp_min(0.0).sqrt()) / torch.where(ok, a, 1.0)
+    q = nu[:, None] * inv_one - inv_beta
+    total = q.sum(-1)
+    ok = ok & (total > 0)
+    smooth = q / torch.where(ok, total, 1.0)[:, None]
+    ok = ok & (smooth >= 0).all(-1)
+    smooth = torch.where(ok[:, None], smooth, torch.nan)
+
+    null_basis = evecs * (~keep).to(p.dtype)[:, None, :]
+    z = torch.einsum("bij,bkj,bk->bi", null_basis, null_basis, p * ones)
+    total = z.sum(-1)
+    ok = (total > 0) & (z >= -1e-12 * total[:, None]).all(-1)
+    zero_norm = z.clamp_min(0.0) / torch.where(ok, total, 1.0)[:, None]
+    zero_value = (beta * zero_norm).sum(-1)
+    x_zero = torch.einsum("bij,bj->bi", pinv, zero_value[:, None] * ones - beta) * ones
+    zero_norm = torch.where(ok[:, None], zero_norm, torch.nan)
+    return smooth, zero_norm, x, x_zero
+
+
+# Support thresholds tried by polish: an interior-point iterate has its inactive entries at
+# roughly μ; trying several cut-offs finds the support without knowing μ.
+_THRESHOLDS = (1e-7, 1e-5, 1e-3)
+
+
+def polish(problem: Problem, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Improve ``p [B, K]`` by exact KKT points of candidate faces where they certify better.
+
+    Returns the chosen ``p [B, K]`` and its certified relative gap ``[B]``.
+    """
+    best, best_gap = p, certificate(problem, p)
+    for threshold in _THRESHOLDS:
+        smooth, zero_norm, x, x_zero = face(problem, p, threshold)
+        for point, dual in ((p, x), (smooth, None), (zero_norm, x_zero)):
+            usable = ~point.isnan().any(-1)
+            point = torch.where(usable[:, None], point, p)
+            gap = torch.where(usable, certificate(problem, point, dual), torch.inf)
+            better = gap < best_gap
+            best = torch.where(better[:, None], point, best)
+            best_gap = torch.where(better, gap, best_gap)
+    return best, best_gap
+
+
+def status_from_gap(gap: torch.Tensor, exhausted: torch.Tensor | None = None) -> torch.Tensor:
+    """Map certificates ``[B]`` to :class:`Status` codes; ``exhausted`` marks budget-limited solves."""
+    status = torch.full(gap.shape, int(Status.OPTIMAL), dtype=torch.int64, device=gap.device)
+    status = torch.where(gap > TOL_OPTIMAL, int(Status.INACCURATE), status)
+    loose = gap > TOL_INACCURATE
+    if exhausted is not None:
+        status = torch.where(loose & exhausted, int(Status.MAX_ITER), status)
+        loose = loose & ~exhausted
+    # A gap above the loose tolerance with no iteration budget to blame is still not OPTIMAL.
+    return torch.where(loose, int(Status.MAX_ITER), status)
+
+
+def coefficients(
+    problem: Problem, p: torch.Tensor, method: str, c: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coefficients a ``[B, K]`` and clipped dual p̃ ``[B, K]`` from the dual ``p [B, K]``.
+
+    RACO.md §1: a = w + (c‖g_0‖ / ‖G̃_p‖) p̃ with p̃ = min(p, w) for CAGrad-Clip (p̃ = p for
+    CAGrad), and a = w when ‖G̃_p‖ vanishes. No (1 + c) or (1 + c²) rescaling.
+    MGDA: a = p.
+    """
+    if method == "mgda":
+        return p, p
+    w = problem.weights
+    clipped = torch.minimum(p, w) if method == "cagrad_clip" else p
+    r_sq = torch.einsum("bi,bij,bj->b", clipped, problem.gram, clipped)
+    # ‖G̃_p‖² at round-off level means G̃_p = 0 (e.g. the dual's support misses supp(w)):
+    # RACO then takes G_0 = g_0. The threshold is relative to trace(H) = 1, so scale-free.
+    active = r_sq > problem.tiny
+    factor = c * problem.anchor_norm / torch.where(active, r_sq, 1.0).sqrt()
+    factor = torch.where(active & ~problem.degenerate, factor, 0.0)
+    return w + factor[:, None] * clipped, clipped

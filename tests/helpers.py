@@ -1,0 +1,116 @@
+"""Samplers of Gram matrices with controlled rank, conflict and scale, shared by tests and benchmarks.
+
+Every generator takes a ``numpy.random.Generator`` and returns float64 numpy arrays, so the same
+problems can be fed to every backend and to peers (TorchJD, scipy SLSQP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+KINDS = ("random", "aligned", "conflict", "duplicated", "opposite")
+WEIGHT_KINDS = ("interior", "vertex", "edge", "uniform")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generated problem: gradients ``[K, D]``, their Gram ``[K, K]`` and weights ``[K]``."""
+
+    grads: np.ndarray
+    gram: np.ndarray
+    weights: np.ndarray
+    kind: str
+    rank: int
+    scale: float
+    weight_kind: str
+
+    @property
+    def k(self) -> int:
+        return self.gram.shape[0]
+
+    def gram_tensor(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return torch.tensor(self.gram, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"Case(K={self.k}, kind={self.kind}, rank={self.rank}, scale={self.scale:.0e}, "
+            f"weights={self.weight_kind}:{np.round(self.weights, 4).tolist()})"
+        )
+
+
+def gradients(rng: np.random.Generator, k: int, rank: int, kind: str, dim: int = 0) -> np.ndarray:
+    """``[K, D]`` gradients whose Gram has rank ≤ ``rank`` (exactly ``rank`` generically)."""
+    rank = min(rank, k)
+    dim = dim or max(2 * k, 6)
+    if rank == 0:
+        return np.zeros((k, dim))
+    basis = rng.standard_normal((rank, dim))
+    if kind == "aligned":
+        # A shared direction dominates: all pairwise cosines are positive.
+        mix = np.abs(rng.standard_normal((k, rank))) + 0.1
+        mix[:, 0] += 3.0
+    elif kind == "conflict":
+        # Rows centred so that they sum to (nearly) zero: 0 lies in or near the convex hull.
+        mix = rng.standard_normal((k, rank))
+        mix -= mix.mean(0, keepdims=True) * 0.95
+    else:
+        mix = rng.standard_normal((k, rank))
+    g = mix @ basis
+    if kind in ("duplicated", "opposite") and k >= 2:
+        i, j = rng.choice(k, size=2, replace=False)
+        g[j] = g[i] if kind == "duplicated" else -g[i]
+    return g
+
+
+def weights(rng: np.random.Generator, k: int, kind: str) -> np.ndarray:
+    """Simplex weights: a Dirichlet interior point, a vertex, a point of an edge, or uniform."""
+    if kind == "vertex":
+        w = np.zeros(k)
+        w[rng.integers(k)] = 1.0
+        return w
+    if kind == "edge" and k >= 2:
+        w = np.zeros(k)
+        i, j = rng.choice(k, size=2, replace=False)
+        w[i] = rng.uniform(0.05, 0.95)
+        w[j] = 1.0 - w[i]
+        return w
+    if kind == "uniform":
+        return np.full(k, 1.0 / k)
+    return rng.dirichlet(np.ones(k))
+
+
+def case(
+    rng: np.random.Generator,
+    k: int,
+    *,
+    rank: int | None = None,
+    kind: str = "random",
+    scale: float = 1.0,
+    weight_kind: str = "interior",
+) -> Case:
+    """A full problem; ``scale`` multiplies the Gram (gradients by sqrt(scale))."""
+    rank = k if rank is None else rank
+    g = gradients(rng, k, rank, kind) * np.sqrt(scale)
+    return Case(g, g @ g.T, weights(rng, k, weight_kind), kind, min(rank, k), scale, weight_kind)
+
+
+def phi(gram: np.ndarray, w: np.ndarray, p: np.ndarray, c: float, method: str) -> float:
+    """RACO's dual objective in the caller's units, independently of the package's code.
+
+    CAGrad methods: Φ(p) = pᵀHw + c sqrt(wᵀHw) sqrt(pᵀHp); MGDA: sqrt(pᵀHp).
+    """
+    norm = np.sqrt(max(p @ gram @ p, 0.0))
+    if method == "mgda":
+        return float(norm)
+    return float(p @ gram @ w + c * np.sqrt(max(w @ gram @ w, 0.0)) * norm)
+
+
+def phi_scale(gram: np.ndarray, w: np.ndarray, method: str) -> float:
+    """The natural size of Φ: ‖g_0‖·max‖g_i‖ (CAGrad) or max‖g_i‖ (MGDA)."""
+    gmax = np.sqrt(max(np.diag(gram).max(), 0.0))
+    if method == "mgda":
+        return float(gmax)
+    return float(np.sqrt(max(w @ gram @ w, 0.0)) * gmax)
