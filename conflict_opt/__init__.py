@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ._types import Backend as Backend
 from ._types import Method as Method
-from ._types import SolveResult as SolveResult
 from ._types import SolverError as SolverError
+from ._types import SolveResult as SolveResult
 from ._types import Status as Status
 from .diagnostics import Diagnostics as Diagnostics
 from .diagnostics import diagnostics as diagnostics

@@ -97,20 +97,23 @@ def case(
     return Case(g, g @ g.T, weights(rng, k, weight_kind), kind, min(rank, k), scale, weight_kind)
 
 
-def phi(gram: np.ndarray, w: np.ndarray, p: np.ndarray, c: float, method: str) -> float:
-    """RACO's dual objective in the caller's units, independently of the package's code.
+def phi(case: Case, p: np.ndarray, c: float, method: str) -> float:
+    """RACO's dual objective in the caller's units, from the gradients themselves.
 
-    CAGrad methods: Φ(p) = pᵀHw + c sqrt(wᵀHw) sqrt(pᵀHp); MGDA: sqrt(pᵀHp).
+    CAGrad methods: Φ(p) = ⟨G_p, g_0⟩ + c‖g_0‖‖G_p‖; MGDA: ‖G_p‖, with G_p = Σ p_i g_i and
+    g_0 = Σ w_i g_i. Computing G_p from the gradients (not from the Gram) keeps ‖G_p‖ exact near
+    zero-norm points, where sqrt(pᵀHp) resolves only sqrt(eps).
     """
-    norm = np.sqrt(max(p @ gram @ p, 0.0))
+    g_p = p @ case.grads
     if method == "mgda":
-        return float(norm)
-    return float(p @ gram @ w + c * np.sqrt(max(w @ gram @ w, 0.0)) * norm)
+        return float(np.linalg.norm(g_p))
+    g0 = case.weights @ case.grads
+    return float(g_p @ g0 + c * np.linalg.norm(g0) * np.linalg.norm(g_p))
 
 
-def phi_scale(gram: np.ndarray, w: np.ndarray, method: str) -> float:
+def phi_scale(case: Case, method: str) -> float:
     """The natural size of Φ: ‖g_0‖·max‖g_i‖ (CAGrad) or max‖g_i‖ (MGDA)."""
-    gmax = np.sqrt(max(np.diag(gram).max(), 0.0))
+    gmax = float(np.linalg.norm(case.grads, axis=1).max())
     if method == "mgda":
-        return float(gmax)
-    return float(np.sqrt(max(w @ gram @ w, 0.0)) * gmax)
+        return gmax
+    return float(np.linalg.norm(case.weights @ case.grads)) * gmax

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._types import BACKENDS, METHODS, Backend, Method, SolveResult, SolverError, Status
+from .._types import BACKENDS, METHODS, Backend, Method, SolverError, SolveResult, Status
 from . import _problem
 from ._closed_form import solve_closed_form
 from ._iterative import solve_iterative

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._problem import Problem, polish
+from ._problem import Problem, certificate, polish
 
 # CLARABEL's defaults stop at 1e-8 relative gaps; the reference must be tighter than what the
 # tests demand of the fast backends (1e-9 relative on Φ).
@@ -27,9 +27,7 @@ _SETTINGS = {
     "max_iter": 400,
 }
 
-_INSTALL_HINT = (
-    "backend='exact' needs cvxpy and clarabel: pip install 'conflict-opt[exact]'"
-)
+_INSTALL_HINT = "backend='exact' needs cvxpy and clarabel: pip install 'conflict-opt[exact]'"
 
 
 def _import_cvxpy() -> Any:
@@ -43,29 +41,31 @@ def _import_cvxpy() -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _parametrised(k: int) -> tuple[Any, Any, Any, Any]:
+def _parametrised(k: int) -> tuple[Any, Any, Any, Any, Any]:
     cp = _import_cvxpy()
     p = cp.Variable(k)
+    s = cp.Variable()
     beta = cp.Parameter(k)
     factor = cp.Parameter((k, k))
-    objective = cp.Minimize(beta @ p + cp.norm(factor.T @ p, 2))
-    problem = cp.Problem(objective, [p >= 0, cp.sum(p) == 1])
-    return problem, p, beta, factor
+    # The cone is explicit so that its dual (λ, y), with u = −y, certifies the answer.
+    cone = cp.SOC(s, factor.T @ p)
+    problem = cp.Problem(cp.Minimize(beta @ p + s), [cone, p >= 0, cp.sum(p) == 1])
+    return problem, p, beta, factor, cone
 
 
 def solve_exact(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve every problem; returns ``p [B, K]``, its gap ``[B]`` and a ``[B]`` bool "solver ok"."""
     cp = _import_cvxpy()
     batch, k = problem.beta.shape
-    gram = problem.gram.detach().cpu().numpy()
     beta = problem.beta.detach().cpu().numpy()
     sigma = problem.sigma.detach().cpu().numpy()
+    factor = problem.factor.detach().cpu().numpy()
     out = np.empty((batch, k))
+    dual = np.zeros((batch, k))
     ok = np.zeros(batch, dtype=bool)
-    cvx_problem, p_var, beta_par, factor_par = _parametrised(k)
+    cvx_problem, p_var, beta_par, factor_par, cone = _parametrised(k)
     for b in range(batch):
-        evals, evecs = np.linalg.eigh(gram[b])
-        factor_par.value = sigma[b] * evecs * np.sqrt(np.clip(evals, 0.0, None))
+        factor_par.value = sigma[b] * factor[b]
         beta_par.value = beta[b]
         try:
             cvx_problem.solve(solver=cp.CLARABEL, **_SETTINGS)
@@ -79,8 +79,14 @@ def solve_exact(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
         ok[b] = True
         value = np.clip(p_var.value, 0.0, None)
         out[b] = value / value.sum()
+        # The dual of (s, σRᵀp) ∈ SOC is (λ, y) with ‖y‖ ≤ λ = 1 and ⟨ḡ_i, u⟩ = −σ(Ry)_i.
+        dual[b] = -sigma[b] * np.asarray(cone.dual_value[1]).reshape(-1)
     device = problem.beta.device
     # An interior-point answer sits a little inside the simplex; the face's exact KKT point
     # replaces it wherever that certifies a smaller gap.
     p, gap = polish(problem, torch.from_numpy(out).to(device))
+    # Any u in the ball gives a valid bound, so both signs of the solver's dual are tried
+    # (a sign convention of cvxpy's cone duals cannot then make the certificate wrong).
+    y = torch.from_numpy(dual).to(device)
+    gap = torch.minimum(gap, torch.minimum(certificate(problem, p, y), certificate(problem, p, -y)))
     return p, gap, torch.from_numpy(ok).to(device)

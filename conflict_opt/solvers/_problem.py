@@ -40,6 +40,7 @@ class Problem(NamedTuple):
     """A batch of normalised duals; batch dimensions are flattened to one, ``B``."""
 
     gram: torch.Tensor  # [B, K, K] float64, symmetric, trace 1 (identity/K where not solvable)
+    factor: torch.Tensor  # [B, K, K] R with R Rᵀ = gram (round-off negative eigenvalues → 0)
     weights: torch.Tensor  # [B, K] float64 on the simplex
     beta: torch.Tensor  # [B, K]
     sigma: torch.Tensor  # [B]
@@ -71,7 +72,15 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
     zero = trace <= 0
     h = torch.where(zero[:, None, None], eye / k, h / torch.where(zero, 1.0, trace)[:, None, None])
 
-    g0_sq = torch.einsum("bi,bij,bj->b", w, h, w).clamp_min(0.0)
+    # Quadratic forms go through the factor: pᵀH̄p = ‖Rᵀp‖². Near a zero-norm point pᵀH̄p is a
+    # sum of O(1) terms cancelling to ~1e-20, which only the factor form resolves (there the
+    # cancellation happens in Rᵀp, at the scale of its own entries).
+    # Eigenvalues at round-off level (those of an exact null direction come out as ±1e-17) are
+    # zero: left in, their square roots (~3e-9) would floor ‖Rᵀp‖ at a zero-norm point.
+    evals, evecs = torch.linalg.eigh(h)
+    evals = torch.where(evals > _roundoff(torch.float64, k) * evals[:, -1:], evals, 0.0)
+    factor = evecs * evals.sqrt()[:, None, :]
+    g0_sq = norm_sq(factor, w)
     anchor_norm = g0_sq.sqrt()
     if method in ("cagrad", "cagrad_clip"):
         anchor_zero = g0_sq <= tiny
@@ -85,43 +94,53 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
         beta = torch.zeros_like(w)
         sigma = torch.ones_like(trace)
     degenerate = degenerate & ~nonfinite
-    return Problem(h, w, beta, sigma, anchor_norm, nonfinite, degenerate, tiny, method == "mgda")
+    return Problem(
+        h, factor, w, beta, sigma, anchor_norm, nonfinite, degenerate, tiny, method == "mgda"
+    )
+
+
+def norm_sq(factor: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """‖G_p‖² = ‖Rᵀp‖² for ``factor [B, K, K]`` and ``p [B, K]``; returns ``[B]``."""
+    z = torch.einsum("bij,bi->bj", factor, p)
+    return (z * z).sum(-1)
 
 
 def objective(problem: Problem, p: torch.Tensor) -> torch.Tensor:
     """Φ(p) = βᵀp + σ‖G_p‖ for ``p [B, K]``; returns ``[B]``."""
-    r = torch.einsum("bi,bij,bj->b", p, problem.gram, p).clamp_min(0.0).sqrt()
+    r = norm_sq(problem.factor, p).sqrt()
     return (problem.beta * p).sum(-1) + problem.sigma * r
 
 
 def certificate(
-    problem: Problem, p: torch.Tensor, u_coeffs: torch.Tensor | None = None
+    problem: Problem, p: torch.Tensor, u_coords: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Relative upper bound on Φ(p) − Φ* for ``p [B, K]`` on the simplex; returns ``[B]``.
 
     Args:
         problem: the normalised problem.
         p: ``[B, K]`` a point of the simplex.
-        u_coeffs: optional ``[B, K]`` coefficients x of a primal candidate u = Σ_j x_j ḡ_j
-            (e.g. the interior-point dual); it is shrunk into the ball ‖u‖ ≤ σ if needed.
+        u_coords: optional ``[B, K]`` primal candidate u in the orthonormal coordinates of the
+            factor (⟨ḡ_i, u⟩ = (R u)_i, ‖u‖ = ‖u_coords‖), e.g. the interior-point dual; it is
+            shrunk into the ball ‖u‖ ≤ σ if needed.
 
     Returns:
         ``[B]`` the smallest certified gap, divided by max_i ‖ḡ_i‖ (the scale of Φ). For MGDA
         (``problem.squared``) the bound is on ‖G_p‖² − ‖G_p*‖² ≤ (Φ − ψ)(Φ + max(ψ, 0)), divided
         by max_i ‖ḡ_i‖²: near a zero-norm optimum ‖G_p‖ itself resolves only sqrt(eps).
     """
-    h = problem.gram
-    hp = torch.einsum("bij,bj->bi", h, p)
-    r = (p * hp).sum(-1).clamp_min(0.0).sqrt()
+    h, factor = problem.gram, problem.factor
+    z = torch.einsum("bij,bi->bj", factor, p)
+    hp = torch.einsum("bij,bj->bi", factor, z)
+    r = (z * z).sum(-1).sqrt()
     phi = (problem.beta * p).sum(-1) + problem.sigma * r
     psi = problem.beta.min(-1).values  # u = 0
     smooth = r > 0
     ratio = problem.sigma / torch.where(smooth, r, 1.0)
     psi_smooth = (problem.beta + ratio[:, None] * hp).min(-1).values
     psi = torch.where(smooth, torch.maximum(psi, psi_smooth), psi)
-    if u_coeffs is not None:
-        hx = torch.einsum("bij,bj->bi", h, u_coeffs)
-        norm = (u_coeffs * hx).sum(-1).clamp_min(0.0).sqrt()
+    if u_coords is not None:
+        hx = torch.einsum("bij,bj->bi", factor, u_coords)
+        norm = (u_coords * u_coords).sum(-1).sqrt()
         shrink = torch.where(norm > problem.sigma, problem.sigma / norm.clamp_min(1e-300), 1.0)
         psi = torch.maximum(psi, (problem.beta + shrink[:, None] * hx).min(-1).values)
     scale_sq = h.diagonal(dim1=-2, dim2=-1).max(-1).values.clamp_min(0.0)
@@ -152,9 +171,9 @@ def face(
 
     Returns:
         ``[B, K]`` the face's smooth KKT point and ``[B, K]`` its zero-norm point nearest to
-        ``p`` (NaN rows where none exists in the simplex), and ``[B, K]`` the coefficients x of
-        the primal candidates certifying ``p`` and the zero-norm point (zero off S). The smooth
-        point needs none: :func:`certificate`'s own candidate σG_p/‖G_p‖ is its exact dual.
+        ``p`` (NaN rows where none exists in the simplex), and ``[B, K]`` the primal candidates
+        u = Σ_S x_j ḡ_j certifying ``p`` and the zero-norm point, in the factor's coordinates.
+        The smooth point needs none: :func:`certificate`'s own σG_p/‖G_p‖ is its exact dual.
     """
     k = p.shape[-1]
     support = p > threshold * p.max(-1, keepdim=True).values
@@ -172,6 +191,7 @@ def face(
 
     value = objective(problem, p)
     x = torch.einsum("bij,bj->bi", pinv, value[:, None] * ones - beta) * ones
+    x = torch.einsum("bij,bi->bj", problem.factor, x)
 
     inv_one = torch.einsum("bij,bj->bi", pinv, ones) * ones
     inv_beta = torch.einsum("bij,bj->bi", pinv, beta) * ones
@@ -195,6 +215,7 @@ def face(
     zero_norm = z.clamp_min(0.0) / torch.where(ok, total, 1.0)[:, None]
     zero_value = (beta * zero_norm).sum(-1)
     x_zero = torch.einsum("bij,bj->bi", pinv, zero_value[:, None] * ones - beta) * ones
+    x_zero = torch.einsum("bij,bi->bj", problem.factor, x_zero)
     zero_norm = torch.where(ok[:, None], zero_norm, torch.nan)
     return smooth, zero_norm, x, x_zero
 
@@ -202,6 +223,7 @@ def face(
 # Support thresholds tried by polish: an interior-point iterate has its inactive entries at
 # roughly μ; trying several cut-offs finds the support without knowing μ.
 _THRESHOLDS = (1e-7, 1e-5, 1e-3)
+_TIE = 1e-14
 
 
 def polish(problem: Problem, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,11 +234,17 @@ def polish(problem: Problem, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     best, best_gap = p, certificate(problem, p)
     for threshold in _THRESHOLDS:
         smooth, zero_norm, x, x_zero = face(problem, p, threshold)
-        for point, dual in ((p, x), (smooth, None), (zero_norm, x_zero)):
+        for point, dual, is_face in (
+            (p, x, False),
+            (smooth, None, True),
+            (zero_norm, x_zero, True),
+        ):
             usable = ~point.isnan().any(-1)
             point = torch.where(usable[:, None], point, p)
             gap = torch.where(usable, certificate(problem, point, dual), torch.inf)
-            better = gap < best_gap
+            # An exact face point solves linear equations, so it is accurate to round-off where
+            # an iterate is only accurate to sqrt(round-off) in p: it wins ties at that level.
+            better = gap <= best_gap.clamp_min(_TIE) if is_face else gap < best_gap
             best = torch.where(better[:, None], point, best)
             best_gap = torch.where(better, gap, best_gap)
     return best, best_gap
@@ -247,7 +275,7 @@ def coefficients(
         return p, p
     w = problem.weights
     clipped = torch.minimum(p, w) if method == "cagrad_clip" else p
-    r_sq = torch.einsum("bi,bij,bj->b", clipped, problem.gram, clipped)
+    r_sq = norm_sq(problem.factor, clipped)
     # ‖G̃_p‖² at round-off level means G̃_p = 0 (e.g. the dual's support misses supp(w)):
     # RACO then takes G_0 = g_0. The threshold is relative to trace(H) = 1, so scale-free.
     active = r_sq > problem.tiny

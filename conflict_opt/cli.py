@@ -1,0 +1,127 @@
+"""The ``conflict-opt`` command. Subcommands: ``demo`` (later issues add more)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from . import __version__
+from ._types import BACKENDS, METHODS, Status
+from .diagnostics import diagnostics
+from .solvers import solve
+
+# Three objectives whose gradients conflict pairwise in part: the first two are nearly opposite
+# (think helpfulness vs harmlessness), the third is mostly orthogonal (conciseness).
+_DEMO_GRADS = [
+    [1.0, 0.2, 0.0, 0.1],
+    [-0.8, 0.5, 0.1, 0.0],
+    [0.1, -0.3, 0.9, 0.2],
+]
+
+
+def _parse_floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def _demo(args: argparse.Namespace) -> int:
+    grads = torch.tensor(_DEMO_GRADS, dtype=torch.float64)
+    gram = grads @ grads.T
+    weights = args.weights
+    if weights is not None and len(weights) != gram.shape[0]:
+        print(
+            f"error: --weights needs {gram.shape[0]} numbers, got {len(weights)}: {weights}",
+            file=sys.stderr,
+        )
+        return 2
+    methods = METHODS if args.method == "all" else (args.method,)
+    rows = []
+    for method in methods:
+        result = solve(gram, weights, method=method, c=args.c, backend=args.backend)
+        # Clipping exists only in RACO's method; elsewhere comparing p with w means nothing.
+        dual = result.dual if method == "cagrad_clip" else None
+        diag = diagnostics(gram, weights, result.coeffs, dual=dual)
+        rows.append(
+            {
+                "method": method,
+                "coeffs": result.coeffs.tolist(),
+                "dual": result.dual.tolist(),
+                "clipped": result.clipped.tolist(),
+                "status": Status(int(result.status)).name,
+                "gap": float(result.gap),
+                "directional": diag.directional.tolist(),
+                "cosines": diag.cosines.tolist(),
+                "relative_norm": float(diag.relative_norm),
+                "clipping_active": None if dual is None else bool(diag.clipping_active),
+            }
+        )
+    if args.json:
+        print(json.dumps({"gram": gram.tolist(), "weights": weights, "c": args.c, "rows": rows}))
+        return 0
+    w = weights or [1.0 / gram.shape[0]] * gram.shape[0]
+    print(f"conflict-opt {__version__} demo: K=3 objectives, weights={w}, c={args.c}")
+    print("gradient cosines:")
+    norms = gram.diagonal().sqrt()
+    cos = gram / (norms[:, None] * norms[None, :])
+    for i in range(gram.shape[0]):
+        print("  " + "  ".join(f"{float(v):+.3f}" for v in cos[i]))
+    header = f"{'method':<12} {'coeffs a':<26} {'<g_i, d>':<26} {'|d|/|g0|':>8} {'clip':>5}"
+    print(header + f"  {'status':<10} {'gap':>8}")
+    for row in rows:
+        coeffs = " ".join(f"{v:7.4f}" for v in row["coeffs"])
+        dirs = " ".join(f"{v:+7.4f}" for v in row["directional"])
+        clip = {None: "-", True: "yes", False: "no"}[row["clipping_active"]]
+        print(
+            f"{row['method']:<12} {coeffs:<26} {dirs:<26} {row['relative_norm']:8.4f} "
+            f"{clip:>5}  {row['status']:<10} {row['gap']:8.1e}"
+        )
+    print("d = sum_k a_k g_k; <g_i, d> > 0 means objective i decreases along d.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conflict-opt",
+        description="Conflict-averse multi-objective update directions (RACO CAGrad-Clip, "
+        "CAGrad, MGDA, linear scalarisation).",
+    )
+    parser.add_argument("--version", action="version", version=f"conflict-opt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="solve a small three-objective conflict and print coefficients and diagnostics",
+        description="Solve a fixed three-objective conflicting problem with each method and "
+        "print the coefficients, directional derivatives, step size, status and certificate.",
+    )
+    demo.add_argument("--method", choices=("all", *METHODS), default="all")
+    demo.add_argument("--backend", choices=BACKENDS, default="auto")
+    demo.add_argument("--c", type=float, default=0.4, help="radius c in [0, 1) (default 0.4)")
+    demo.add_argument(
+        "--weights", type=_parse_floats, default=None, help="comma-separated simplex weights"
+    )
+    demo.add_argument("--json", action="store_true", help="print one JSON object instead")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
