@@ -1,4 +1,4 @@
-"""Samplers of Gram matrices with controlled rank, conflict and scale, shared by tests and benchmarks.
+"""Samplers of Gram matrices with controlled rank, conflict and scale (tests and benchmarks).
 
 Every generator takes a ``numpy.random.Generator`` and returns float64 numpy arrays, so the same
 problems can be fed to every backend and to peers (TorchJD, scipy SLSQP).

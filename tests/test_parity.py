@@ -111,7 +111,7 @@ def test_fast_backend_matches_exact(k: int, method: str, backend: str) -> None:
     ref = reference(k, method)
     res = batched(k, method, backend)
     checked_direction = 0
-    for i, (case, c) in enumerate(zip(cases, cs)):
+    for i, (case, c) in enumerate(zip(cases, cs, strict=True)):
         p = res.dual[i].double().numpy()
         p_ref = ref.dual[i].double().numpy()
         status = Status(int(res.status[i]))

@@ -133,7 +133,7 @@ def solve(
     strict: bool = False,
     validate: bool = True,
 ) -> SolveResult:
-    r"""Coefficients a of a conflict-averse update Σ_k a_k g_k from the Gram matrix H_ij = ⟨g_i, g_j⟩.
+    r"""Coefficients a of a conflict-averse update Σ_k a_k g_k from the Gram H_ij = ⟨g_i, g_j⟩.
 
     With g_0 = Σ w_i g_i and G_p = Σ p_i g_i, the CAGrad methods solve the dual (RACO.md §1)
 

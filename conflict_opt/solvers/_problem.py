@@ -251,7 +251,7 @@ def polish(problem: Problem, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def status_from_gap(gap: torch.Tensor, exhausted: torch.Tensor | None = None) -> torch.Tensor:
-    """Map certificates ``[B]`` to :class:`Status` codes; ``exhausted`` marks budget-limited solves."""
+    """Map certificates ``[B]`` to :class:`Status`; ``exhausted`` marks budget-limited solves."""
     status = torch.full(gap.shape, int(Status.OPTIMAL), dtype=torch.int64, device=gap.device)
     status = torch.where(gap > TOL_OPTIMAL, int(Status.INACCURATE), status)
     loose = gap > TOL_INACCURATE
