@@ -22,7 +22,8 @@ class Status(enum.IntEnum):
     Attributes:
         OPTIMAL: the certificate (relative gap) is below the tight tolerance (1e-9).
         INACCURATE: the certificate is below the loose tolerance (1e-6) but not the tight one.
-        MAX_ITER: the iterative solver used its whole budget and the gap is above 1e-6.
+        MAX_ITER: the certificate stayed above 1e-6: the iterative solver used its whole budget,
+            or the closed form or the reference could not certify its answer.
         DEGENERATE: the problem has no well-defined direction and the documented convention
             was applied (zero Gram matrix, or a vanishing weighted gradient ‖g_0‖ = 0).
         NONFINITE: the Gram matrix had NaN or Inf entries; coefficients are zero.

@@ -209,7 +209,8 @@ def solve(
         p = flat_w
         gap = torch.zeros(b, dtype=torch.float64, device=gram.device)
     elif chosen == "closed_form":
-        p, gap = _problem.polish(problem, solve_closed_form(problem))
+        p = solve_closed_form(problem)
+        gap = _problem.certify(problem, p)
     elif chosen == "iterative":
         p, iterations, gap, exhausted = solve_iterative(problem)
     else:

@@ -25,42 +25,47 @@ from __future__ import annotations
 
 import torch
 
-from ._problem import Problem
+from ._problem import Problem, mv
 
-_EDGES = {2: ((0, 1),), 3: ((0, 1), (0, 2), (1, 2))}
+_EDGES = {2: ((0,), (1,)), 3: ((0, 0, 1), (1, 2, 2))}
 
 
-def _edge_minimiser(problem: Problem, i: int, j: int) -> torch.Tensor:
-    """λ ∈ [0, 1] minimising Φ on the edge λe_i + (1 − λ)e_j; returns ``[B]``."""
+def _edge_minimisers(problem: Problem) -> torch.Tensor:
+    """Minimisers of Φ on every edge λe_i + (1 − λ)e_j at once; returns ``[B, E, K]`` points."""
+    k = problem.beta.shape[-1]
+    dev = problem.beta.device
+    i, j = (torch.tensor(idx, device=dev) for idx in _EDGES[k])
     h = problem.gram
-    hii, hjj, hij = h[:, i, i], h[:, j, j], h[:, i, j]
+    hii, hjj, hij = h[:, i, i], h[:, j, j], h[:, i, j]  # [B, E]
     q2 = (hii + hjj - 2 * hij).clamp_min(0.0)
     flat = q2 <= 0
     safe_q2 = torch.where(flat, 1.0, q2)
     lam0 = (hjj - hij) / safe_q2
     m = ((hii * hjj - hij * hij) / safe_q2).clamp_min(0.0)
-    kappa = (problem.beta[:, j] - problem.beta[:, i]) / problem.sigma
+    beta_i, beta_j = problem.beta[:, i], problem.beta[:, j]
+    kappa = (beta_j - beta_i) / problem.sigma[:, None]
     room = safe_q2 - kappa * kappa
     has_stationary = ~flat & (room > 0)
     x = kappa * (m / (safe_q2 * torch.where(has_stationary, room, 1.0))).sqrt()
-    lam_stationary = (lam0 + x).clamp(0.0, 1.0)
+    stationary = torch.where(has_stationary, (lam0 + x).clamp(0.0, 1.0), 0.0)
 
-    candidates = torch.stack(
-        [torch.zeros_like(q2), torch.ones_like(q2), torch.where(has_stationary, lam_stationary, 0)],
-        dim=-1,
-    )  # [B, 3]
-    sq = (q2[:, None] * (candidates - lam0[:, None]) ** 2 + m[:, None]).clamp_min(0.0)
+    lam = torch.stack([torch.zeros_like(q2), torch.ones_like(q2), stationary], dim=-1)  # [B,E,3]
+    sq = (q2[..., None] * (lam - lam0[..., None]) ** 2 + m[..., None]).clamp_min(0.0)
     # On a flat edge (g_i = g_j) ‖G_p‖ is constant and the expression above is not used.
-    sq = torch.where(flat[:, None], hjj[:, None].clamp_min(0.0), sq)
-    beta_i, beta_j = problem.beta[:, i, None], problem.beta[:, j, None]
-    values = beta_j + (beta_i - beta_j) * candidates + problem.sigma[:, None] * sq.sqrt()
-    return candidates.gather(-1, values.argmin(-1, keepdim=True)).squeeze(-1)
+    sq = torch.where(flat[..., None], hjj[..., None].clamp_min(0.0), sq)
+    values = beta_j[..., None] + (beta_i - beta_j)[..., None] * lam
+    values = values + problem.sigma[:, None, None] * sq.sqrt()
+    best = lam.gather(-1, values.argmin(-1, keepdim=True)).squeeze(-1)  # [B, E]
+    edges = torch.arange(i.numel(), device=dev)
+    points = torch.zeros(*best.shape, k, dtype=best.dtype, device=dev)
+    points[:, edges, i] = best
+    points[:, edges, j] = 1.0 - best
+    return points
 
 
 def _interior_candidates(problem: Problem) -> torch.Tensor:
     """Smooth and zero-norm interior KKT points for K = 3; ``[B, 2, 3]``, NaN where absent."""
-    h = problem.gram
-    evals, evecs = torch.linalg.eigh(h)  # ascending
+    evals, evecs = problem.evals, problem.evecs  # ascending
     cutoff = 1e-13 * evals[:, -1:].clamp_min(0.0)
     invertible = evals > cutoff
     inv_evals = torch.where(invertible, 1.0 / torch.where(invertible, evals, 1.0), 0.0)
@@ -68,8 +73,8 @@ def _interior_candidates(problem: Problem) -> torch.Tensor:
     full_rank = invertible.all(-1)
 
     ones = torch.ones_like(problem.beta)
-    inv_one = torch.einsum("bij,bj->bi", h_inv, ones)
-    inv_beta = torch.einsum("bij,bj->bi", h_inv, problem.beta)
+    inv_one = mv(h_inv, ones)
+    inv_beta = mv(h_inv, problem.beta)
     a = inv_one.sum(-1)
     b = inv_beta.sum(-1)
     c = (problem.beta * inv_beta).sum(-1)
@@ -96,24 +101,22 @@ def solve_closed_form(problem: Problem) -> torch.Tensor:
     batch, k = problem.beta.shape
     if k == 1:
         return torch.ones_like(problem.beta)
-    if k not in _EDGES:
+    if k not in _EDGES:  # pragma: no cover - the dispatcher checks first
         raise ValueError(
             f"backend='closed_form' is exact only for K <= 3 objectives, got K={k}; "
             "use backend='iterative' (any K) or backend='exact' (cvxpy reference)."
         )
-    candidates = []
-    for i, j in _EDGES[k]:
-        lam = _edge_minimiser(problem, i, j)
-        p = torch.zeros_like(problem.beta)
-        p[:, i] = lam
-        p[:, j] = 1.0 - lam
-        candidates.append(p)
-    stacked = torch.stack(candidates, dim=1)  # [B, E, K]
+    stacked = _edge_minimisers(problem)  # [B, E, K]
     if k == 3:
         stacked = torch.cat([stacked, _interior_candidates(problem)], dim=1)
     safe = torch.nan_to_num(stacked, nan=0.0)
-    norm = torch.einsum("bei,bij,bej->be", safe, problem.gram, safe).clamp_min(0.0).sqrt()
-    values = torch.einsum("bei,bi->be", safe, problem.beta) + problem.sigma[:, None] * norm
+    # ‖G_p‖ through the factor, as everywhere: exact at zero-norm candidates.
+    norm = (safe @ problem.factor).norm(dim=-1)  # [B, E]
+    values = (safe * problem.beta[:, None, :]).sum(-1) + problem.sigma[:, None] * norm
     values = torch.where(stacked.isnan().any(-1), torch.inf, values)
     best = values.argmin(-1)
-    return stacked[torch.arange(batch, device=best.device), best]
+    p = stacked[torch.arange(batch, device=best.device), best]
+    # Interior candidates come from eigenvectors, whose zero entries are ±1e-17: make them zero so
+    # that the support (and hence RACO's clip) is exact.
+    p = torch.where(p < 1e-14, 0.0, p)
+    return p / p.sum(-1, keepdim=True)

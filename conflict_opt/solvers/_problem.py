@@ -31,6 +31,16 @@ TOL_OPTIMAL = 1e-9
 TOL_INACCURATE = 1e-6
 
 
+def mv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched matrix-vector product ``m [B, K, K] @ v [B, K] -> [B, K]``."""
+    return (m @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def tmv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Batched ``mᵀv`` for ``m [B, K, K]``, ``v [B, K] -> [B, K]``."""
+    return (v.unsqueeze(-2) @ m).squeeze(-2)
+
+
 def _roundoff(dtype: torch.dtype, k: int) -> float:
     """Relative size of round-off in a quadratic form of a trace-normalised Gram of ``dtype``."""
     return 8.0 * k * torch.finfo(dtype).eps
@@ -40,7 +50,9 @@ class Problem(NamedTuple):
     """A batch of normalised duals; batch dimensions are flattened to one, ``B``."""
 
     gram: torch.Tensor  # [B, K, K] float64, symmetric, trace 1 (identity/K where not solvable)
-    factor: torch.Tensor  # [B, K, K] R with R Rᵀ = gram (round-off negative eigenvalues → 0)
+    evals: torch.Tensor  # [B, K] eigenvalues of gram, ascending, round-off level set to 0
+    evecs: torch.Tensor  # [B, K, K] matching eigenvectors (columns)
+    factor: torch.Tensor  # [B, K, K] R = V Λ^½ with R Rᵀ = gram
     weights: torch.Tensor  # [B, K] float64 on the simplex
     beta: torch.Tensor  # [B, K]
     sigma: torch.Tensor  # [B]
@@ -86,7 +98,7 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
         anchor_zero = g0_sq <= tiny
         degenerate = zero | anchor_zero
         safe_norm = torch.where(degenerate, 1.0, anchor_norm)
-        beta = torch.einsum("bij,bj->bi", h, w) / safe_norm[:, None]
+        beta = mv(h, w) / safe_norm[:, None]
         beta = torch.where(degenerate[:, None], 0.0, beta)
         sigma = torch.where(degenerate, 1.0, torch.full_like(trace, c))
     else:
@@ -95,13 +107,24 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
         sigma = torch.ones_like(trace)
     degenerate = degenerate & ~nonfinite
     return Problem(
-        h, factor, w, beta, sigma, anchor_norm, nonfinite, degenerate, tiny, method == "mgda"
+        h,
+        evals,
+        evecs,
+        factor,
+        w,
+        beta,
+        sigma,
+        anchor_norm,
+        nonfinite,
+        degenerate,
+        tiny,
+        method == "mgda",
     )
 
 
 def norm_sq(factor: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """‖G_p‖² = ‖Rᵀp‖² for ``factor [B, K, K]`` and ``p [B, K]``; returns ``[B]``."""
-    z = torch.einsum("bij,bi->bj", factor, p)
+    z = tmv(factor, p)
     return (z * z).sum(-1)
 
 
@@ -129,8 +152,8 @@ def certificate(
         by max_i ‖ḡ_i‖²: near a zero-norm optimum ‖G_p‖ itself resolves only sqrt(eps).
     """
     h, factor = problem.gram, problem.factor
-    z = torch.einsum("bij,bi->bj", factor, p)
-    hp = torch.einsum("bij,bj->bi", factor, z)
+    z = tmv(factor, p)
+    hp = mv(factor, z)
     r = (z * z).sum(-1).sqrt()
     phi = (problem.beta * p).sum(-1) + problem.sigma * r
     psi = problem.beta.min(-1).values  # u = 0
@@ -139,7 +162,7 @@ def certificate(
     psi_smooth = (problem.beta + ratio[:, None] * hp).min(-1).values
     psi = torch.where(smooth, torch.maximum(psi, psi_smooth), psi)
     if u_coords is not None:
-        hx = torch.einsum("bij,bj->bi", factor, u_coords)
+        hx = mv(factor, u_coords)
         norm = (u_coords * u_coords).sum(-1).sqrt()
         shrink = torch.where(norm > problem.sigma, problem.sigma / norm.clamp_min(1e-300), 1.0)
         psi = torch.maximum(psi, (problem.beta + shrink[:, None] * hx).min(-1).values)
@@ -151,9 +174,44 @@ def certificate(
     return gap / scale_sq.sqrt()
 
 
+def _face_pinv(
+    problem: Problem, p: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support S of ``p``, the pseudo-inverse of H_SS ⊕ I, its eigenvectors and kept mask."""
+    k = p.shape[-1]
+    support = p > threshold * p.max(-1, keepdim=True).values
+    mask = support[:, :, None] & support[:, None, :]
+    eye = torch.eye(k, dtype=p.dtype, device=p.device)
+    # H_SS embedded with an identity on the complement: its pseudo-inverse is H_SS⁺ ⊕ I, and its
+    # eigenvectors of (near) zero eigenvalue span the null space of H_SS.
+    m = torch.where(mask, problem.gram, torch.where(support[:, None, :], 0.0, eye))
+    evals, evecs = torch.linalg.eigh(m)
+    keep = evals > 1e-13 * evals[:, -1:].clamp_min(0.0)
+    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
+    pinv = (evecs * inv[:, None, :]) @ evecs.transpose(-1, -2)
+    return support, pinv, evecs, keep
+
+
+def _face_dual(
+    problem: Problem, p: torch.Tensor, support: torch.Tensor, pinv: torch.Tensor
+) -> torch.Tensor:
+    """Primal candidate x_S = H_SS⁺(Φ(p)𝟏 − β_S), in the factor's coordinates."""
+    ones = support.to(p.dtype)
+    beta = torch.where(support, problem.beta, 0.0)
+    x = mv(pinv, objective(problem, p)[:, None] * ones - beta) * ones
+    return tmv(problem.factor, x)
+
+
+def certify(problem: Problem, p: torch.Tensor) -> torch.Tensor:
+    """Certificate of an exact point ``p [B, K]`` (exact zeros off its support): :func:`certificate`
+    with the face dual of :func:`face` as extra candidate, which covers zero-norm optima."""
+    support, pinv, _, _ = _face_pinv(problem, p, 1e-12)
+    return certificate(problem, p, _face_dual(problem, p, support, pinv))
+
+
 def face(
     problem: Problem, p: torch.Tensor, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact KKT points and a primal certificate on the face spanned by the support S of ``p``.
 
     S = {i : p_i > threshold · max_j p_j}. On the face, a smooth optimum satisfies
@@ -175,26 +233,13 @@ def face(
         u = Σ_S x_j ḡ_j certifying ``p`` and the zero-norm point, in the factor's coordinates.
         The smooth point needs none: :func:`certificate`'s own σG_p/‖G_p‖ is its exact dual.
     """
-    k = p.shape[-1]
-    support = p > threshold * p.max(-1, keepdim=True).values
-    mask = support[:, :, None] & support[:, None, :]
-    eye = torch.eye(k, dtype=p.dtype, device=p.device)
-    # H_SS embedded with an identity on the complement: its pseudo-inverse is H_SS⁺ ⊕ I, and its
-    # eigenvectors of (near) zero eigenvalue span the null space of H_SS.
-    m = torch.where(mask, problem.gram, torch.where(support[:, None, :], 0.0, eye))
-    evals, evecs = torch.linalg.eigh(m)
-    keep = evals > 1e-13 * evals[:, -1:].clamp_min(0.0)
-    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
-    pinv = (evecs * inv[:, None, :]) @ evecs.transpose(-1, -2)
+    support, pinv, evecs, keep = _face_pinv(problem, p, threshold)
     ones = support.to(p.dtype)
     beta = torch.where(support, problem.beta, 0.0)
+    x = _face_dual(problem, p, support, pinv)
 
-    value = objective(problem, p)
-    x = torch.einsum("bij,bj->bi", pinv, value[:, None] * ones - beta) * ones
-    x = torch.einsum("bij,bi->bj", problem.factor, x)
-
-    inv_one = torch.einsum("bij,bj->bi", pinv, ones) * ones
-    inv_beta = torch.einsum("bij,bj->bi", pinv, beta) * ones
+    inv_one = mv(pinv, ones) * ones
+    inv_beta = mv(pinv, beta) * ones
     a = inv_one.sum(-1)
     b = inv_beta.sum(-1)
     c = (beta * inv_beta).sum(-1)
@@ -209,30 +254,31 @@ def face(
     smooth = torch.where(ok[:, None], smooth, torch.nan)
 
     null_basis = evecs * (~keep).to(p.dtype)[:, None, :]
-    z = torch.einsum("bij,bkj,bk->bi", null_basis, null_basis, p * ones)
+    z = mv(null_basis, tmv(null_basis, p * ones))
     total = z.sum(-1)
     ok = (total > 0) & (z >= -1e-12 * total[:, None]).all(-1)
     zero_norm = z.clamp_min(0.0) / torch.where(ok, total, 1.0)[:, None]
-    zero_value = (beta * zero_norm).sum(-1)
-    x_zero = torch.einsum("bij,bj->bi", pinv, zero_value[:, None] * ones - beta) * ones
-    x_zero = torch.einsum("bij,bi->bj", problem.factor, x_zero)
+    x_zero = _face_dual(problem, torch.where(ok[:, None], zero_norm, p), support, pinv)
     zero_norm = torch.where(ok[:, None], zero_norm, torch.nan)
     return smooth, zero_norm, x, x_zero
 
 
 # Support thresholds tried by polish: an interior-point iterate has its inactive entries at
 # roughly μ; trying several cut-offs finds the support without knowing μ.
-_THRESHOLDS = (1e-7, 1e-5, 1e-3)
+THRESHOLDS = (1e-7, 1e-5, 1e-3)
 _TIE = 1e-14
 
 
-def polish(problem: Problem, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def polish(
+    problem: Problem, p: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Improve ``p [B, K]`` by exact KKT points of candidate faces where they certify better.
 
+    Each support threshold costs one K×K eigendecomposition per problem.
     Returns the chosen ``p [B, K]`` and its certified relative gap ``[B]``.
     """
     best, best_gap = p, certificate(problem, p)
-    for threshold in _THRESHOLDS:
+    for threshold in thresholds:
         smooth, zero_norm, x, x_zero = face(problem, p, threshold)
         for point, dual, is_face in (
             (p, x, False),
