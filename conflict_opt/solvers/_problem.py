@@ -46,6 +46,16 @@ def _roundoff(dtype: torch.dtype, k: int) -> float:
     return 8.0 * k * torch.finfo(dtype).eps
 
 
+def vanishes(problem: Problem, v: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
+    """Whether ‖Σ v_i ḡ_i‖² = ``sq_norm [B]`` is round-off for ``v [B, K]`` ≥ 0; returns ``[B]``.
+
+    The yardstick is what the terms could produce, (Σ v_i ‖ḡ_i‖)², times the round-off of the
+    caller's dtype: relative, so scale-free, and honest about a bf16 Gram's three digits.
+    """
+    lengths = problem.gram.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    return sq_norm <= problem.tiny * (v.abs() * lengths).sum(-1) ** 2
+
+
 class Problem(NamedTuple):
     """A batch of normalised duals; batch dimensions are flattened to one, ``B``."""
 
@@ -59,7 +69,7 @@ class Problem(NamedTuple):
     anchor_norm: torch.Tensor  # [B] ‖ḡ_0‖ in trace-normalised units
     nonfinite: torch.Tensor  # [B] bool
     degenerate: torch.Tensor  # [B] bool: zero Gram, or ‖g_0‖ = 0 for the CAGrad methods
-    tiny: float  # the round-off level of quadratic forms in the caller's dtype
+    tiny: float  # relative round-off of quadratic forms in the caller's dtype (see vanishes)
     squared: bool  # certify Φ² (MGDA's own objective ‖G_p‖²) instead of Φ
 
 
@@ -95,7 +105,8 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
     g0_sq = norm_sq(factor, w)
     anchor_norm = g0_sq.sqrt()
     if method in ("cagrad", "cagrad_clip"):
-        anchor_zero = g0_sq <= tiny
+        lengths = h.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+        anchor_zero = g0_sq <= tiny * (w * lengths).sum(-1) ** 2  # as in vanishes()
         degenerate = zero | anchor_zero
         safe_norm = torch.where(degenerate, 1.0, anchor_norm)
         beta = mv(h, w) / safe_norm[:, None]
@@ -322,9 +333,9 @@ def coefficients(
     w = problem.weights
     clipped = torch.minimum(p, w) if method == "cagrad_clip" else p
     r_sq = norm_sq(problem.factor, clipped)
-    # ‖G̃_p‖² at round-off level means G̃_p = 0 (e.g. the dual's support misses supp(w)):
-    # RACO then takes G_0 = g_0. The threshold is relative to trace(H) = 1, so scale-free.
-    active = r_sq > problem.tiny
+    # ‖G̃_p‖² at round-off level means G̃_p = 0 (e.g. the dual's support misses supp(w), or
+    # clipped weights on exactly opposite gradients cancel): RACO then takes G_0 = g_0.
+    active = ~vanishes(problem, clipped, r_sq)
     factor = c * problem.anchor_norm / torch.where(active, r_sq, 1.0).sqrt()
     factor = torch.where(active & ~problem.degenerate, factor, 0.0)
     return w + factor[:, None] * clipped, clipped

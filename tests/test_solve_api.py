@@ -1,0 +1,296 @@
+"""The public solve() contract: validation, shapes, dtypes, batching, statuses and strict mode."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import conflict_opt
+from conflict_opt import SolveResult, SolverError, Status
+
+from . import helpers
+
+FAST = ("closed_form", "iterative")
+
+
+def conflict_gram(k: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    case = helpers.case(np.random.default_rng(seed), k, kind="conflict")
+    return case.gram_tensor(), torch.tensor(case.weights)
+
+
+# --- invalid input: ValueError naming the bad value ------------------------------------------
+
+
+@pytest.mark.parametrize("c", [-0.1, 1.0, 1.5, float("nan")])
+def test_c_outside_unit_interval_is_rejected(c: float) -> None:
+    gram, w = conflict_gram()
+    with pytest.raises(ValueError, match=r"`c` must be in \[0, 1\), got c="):
+        conflict_opt.solve(gram, w, c=c)
+
+
+def test_c_of_wrong_type_is_rejected() -> None:
+    gram, w = conflict_gram()
+    with pytest.raises(ValueError, match="got c='0.4'"):
+        conflict_opt.solve(gram, w, c="0.4")  # type: ignore[arg-type]
+
+
+def test_unknown_method_and_backend_list_the_choices() -> None:
+    gram, w = conflict_gram()
+    with pytest.raises(ValueError, match=r"`method` must be one of .*got method='pcgrad'"):
+        conflict_opt.solve(gram, w, method="pcgrad")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`backend` must be one of .*got backend='cuda'"):
+        conflict_opt.solve(gram, w, backend="cuda")  # type: ignore[arg-type]
+
+
+def test_closed_form_refuses_more_than_three_objectives() -> None:
+    gram, w = conflict_gram(4)
+    with pytest.raises(ValueError, match="closed_form.*K <= 3.*got K=4"):
+        conflict_opt.solve(gram, w, backend="closed_form")
+
+
+@pytest.mark.parametrize(
+    ("gram", "match"),
+    [
+        (torch.ones(3), r"shape \[\.\.\., K, K\], got shape=\(3,\)"),
+        (torch.ones(2, 3), r"got shape=\(2, 3\)"),
+        (torch.ones(0, 0), "got K=0"),
+        (torch.ones(2, 2, dtype=torch.int64), "floating dtype, got dtype=torch.int64"),
+        ([[1.0, 0.0], [0.0, 1.0]], "must be a torch.Tensor, got list"),
+    ],
+)
+def test_malformed_gram_is_rejected(gram: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        conflict_opt.solve(gram)  # type: ignore[arg-type]
+
+
+def test_asymmetric_gram_is_rejected_with_its_asymmetry() -> None:
+    gram = torch.tensor([[1.0, 0.5], [-0.5, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"symmetric: max \|H - H\^T\| = 1 against max \|H\| = 1"):
+        conflict_opt.solve(gram)
+
+
+def test_indefinite_gram_is_rejected_with_its_eigenvalue() -> None:
+    gram = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="positive semidefinite.*smallest eigenvalue -1"):
+        conflict_opt.solve(gram)
+
+
+def test_roundoff_negative_eigenvalues_are_accepted() -> None:
+    g = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    gram = torch.cat([g, -g]) @ torch.cat([g, -g]).T  # rank 1, exactly opposite gradients
+    gram = gram - 1e-14 * torch.eye(2, dtype=torch.float64)  # slightly indefinite
+    res = conflict_opt.solve(gram, [0.7, 0.3], strict=True)
+    assert torch.isfinite(res.coeffs).all()
+
+
+@pytest.mark.parametrize(
+    ("weights", "match"),
+    [
+        ([0.5, 0.6, -0.1], r"nonnegative, got weights=\[0.5, 0.6, -0.1"),
+        ([0.5, 0.6, 0.1], r"sum to 1 .*got sum=1.2 for weights=\[0.5, 0.6, 0.1"),
+        ([0.5, 0.5], r"shape \[K\] or \[\.\.\., K\] with K=3, got shape=\(2,\)"),
+        ([float("nan"), 0.5, 0.5], "finite, got weights=\\[nan"),
+        (0.3, "got shape=\\(\\)"),
+    ],
+)
+def test_bad_weights_are_rejected(weights: object, match: str) -> None:
+    gram, _ = conflict_gram()
+    with pytest.raises(ValueError, match=match):
+        conflict_opt.solve(gram, weights)  # type: ignore[arg-type]
+
+
+def test_weights_that_do_not_broadcast_are_rejected() -> None:
+    gram = torch.eye(3, dtype=torch.float64).expand(4, 3, 3)
+    with pytest.raises(ValueError, match=r"does not broadcast to the Gram batch \(4,\)"):
+        conflict_opt.solve(gram, torch.full((5, 3), 1 / 3))
+
+
+def test_weights_are_renormalised_within_tolerance() -> None:
+    gram, _ = conflict_gram()
+    res = conflict_opt.solve(gram, [0.2, 0.3, 0.5 + 1e-9], method="linear")
+    assert math.isclose(float(res.coeffs.sum()), 1.0, abs_tol=1e-15)
+
+
+def test_validate_false_skips_value_checks() -> None:
+    gram = torch.tensor([[1.0, 0.5], [-0.5, 1.0]], dtype=torch.float64)
+    res = conflict_opt.solve(gram, validate=False)  # symmetrised internally, no raise
+    assert res.coeffs.shape == (2,)
+
+
+# --- shapes, dtypes, batching -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad", "mgda", "linear"])
+@pytest.mark.parametrize("backend", FAST)
+def test_batched_solve_equals_one_by_one(method: str, backend: str) -> None:
+    rng = np.random.default_rng(7)
+    cases = [helpers.case(rng, 3, kind=helpers.KINDS[i % 5]) for i in range(12)]
+    gram = torch.tensor(np.stack([c.gram for c in cases])).reshape(3, 4, 3, 3)
+    weights = torch.tensor(np.stack([c.weights for c in cases])).reshape(3, 4, 3)
+    batched = conflict_opt.solve(gram, weights, method=method, backend=backend)
+    assert batched.coeffs.shape == (3, 4, 3)
+    assert batched.status.shape == (3, 4)
+    for i in range(3):
+        for j in range(4):
+            single = conflict_opt.solve(gram[i, j], weights[i, j], method=method, backend=backend)
+            torch.testing.assert_close(batched.coeffs[i, j], single.coeffs, rtol=1e-12, atol=1e-13)
+            assert int(batched.status[i, j]) == int(single.status)
+
+
+def test_one_weight_vector_broadcasts_over_a_batch() -> None:
+    gram = torch.stack([conflict_gram(3, s)[0] for s in range(5)])
+    w = torch.tensor([0.5, 0.3, 0.2])
+    res = conflict_opt.solve(gram, w)
+    for b in range(5):
+        torch.testing.assert_close(res.coeffs[b], conflict_opt.solve(gram[b], w).coeffs)
+
+
+def test_empty_batch_returns_empty_result() -> None:
+    res = conflict_opt.solve(torch.zeros(0, 3, 3))
+    assert res.coeffs.shape == (0, 3)
+    assert res.status.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rtol"),
+    [(torch.float32, 1e-5), (torch.float16, 2e-2), (torch.bfloat16, 5e-2), (torch.float64, 1e-12)],
+)
+def test_low_precision_grams_solve_in_float64_and_return_at_least_float32(
+    dtype: torch.dtype, rtol: float
+) -> None:
+    # A well-conditioned problem: a near-cancelling one would turn the Gram's own rounding in
+    # bf16/fp16 into large coefficient changes, which says nothing about the solver.
+    case = helpers.case(np.random.default_rng(5), 3, kind="random")
+    gram, w = case.gram_tensor(), torch.tensor(case.weights)
+    assert float(torch.linalg.cond(gram)) < 100
+    ref = conflict_opt.solve(gram, w)
+    res = conflict_opt.solve(gram.to(dtype), w)
+    assert res.coeffs.dtype == torch.promote_types(dtype, torch.float32)
+    assert Status(int(res.status)) == Status.OPTIMAL
+    # The rounding of the Gram itself, not the solve, sets the tolerance.
+    torch.testing.assert_close(res.coeffs.double(), ref.coeffs, rtol=rtol, atol=rtol)
+
+
+def test_result_stays_on_the_gram_device(device: torch.device) -> None:
+    gram, w = conflict_gram()
+    res = conflict_opt.solve(gram.to(device), w.to(device), backend="iterative")
+    for field in res:
+        assert field.device.type == device.type
+
+
+def test_repr_summarises_the_result() -> None:
+    gram, w = conflict_gram()
+    assert "status=OPTIMAL" in repr(conflict_opt.solve(gram, w))
+    batched = conflict_opt.solve(gram.expand(3, 3, 3), w)
+    assert "shape=(3, 3)" in repr(batched) and "OPTIMAL=3" in repr(batched)
+    assert isinstance(batched, SolveResult)
+
+
+# --- degenerate policy ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", [*FAST, "exact"])
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad", "mgda"])
+def test_zero_gram_is_degenerate_with_weights_as_coefficients(method: str, backend: str) -> None:
+    if backend == "exact":
+        pytest.importorskip("cvxpy")
+    w = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    res = conflict_opt.solve(torch.zeros(3, 3), w, method=method, backend=backend, strict=False)
+    assert Status(int(res.status)) == Status.DEGENERATE
+    torch.testing.assert_close(res.coeffs.double(), w)
+    with pytest.raises(SolverError, match="DEGENERATE=1"):
+        conflict_opt.check(res)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_cancelling_weighted_gradient_is_degenerate_and_finite(backend: str) -> None:
+    # g_0 = 0.5 g + 0.5 (−g) = 0 while the Gram is not zero: RACO gives G_0 = g_0 = 0.
+    g = torch.tensor([[1.0, 2.0], [-1.0, -2.0]], dtype=torch.float64)
+    res = conflict_opt.solve(g @ g.T, [0.5, 0.5], backend=backend)
+    assert Status(int(res.status)) == Status.DEGENERATE
+    torch.testing.assert_close(res.coeffs, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert float(res.gap) == 0.0
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_gram_gives_nonfinite_status_zero_coefficients(backend: str, bad: float) -> None:
+    gram, w = conflict_gram()
+    gram = gram.clone()
+    gram[0, 1] = gram[1, 0] = bad
+    res = conflict_opt.solve(gram, w, backend=backend)
+    assert Status(int(res.status)) == Status.NONFINITE
+    assert torch.equal(res.coeffs, torch.zeros(3, dtype=torch.float64))
+    assert not torch.isnan(res.dual).any()
+    with pytest.raises(SolverError, match="NONFINITE=1"):
+        conflict_opt.solve(gram, w, backend=backend, strict=True)
+
+
+def test_nonfinite_problem_does_not_poison_its_batch() -> None:
+    gram, w = conflict_gram()
+    batch = torch.stack([gram, torch.full_like(gram, float("nan")), gram])
+    res = conflict_opt.solve(batch, w)
+    assert [Status(int(s)) for s in res.status] == [
+        Status.OPTIMAL,
+        Status.NONFINITE,
+        Status.OPTIMAL,
+    ]
+    torch.testing.assert_close(res.coeffs[0], res.coeffs[2])
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_single_objective(backend: str) -> None:
+    """K = 1: p = w = 1 and G_0 = g + c‖g‖ g/‖g‖, so a = 1 + c (RACO.md §1, no rescaling)."""
+    gram = torch.tensor([[4.0]], dtype=torch.float64)
+    for method, expected in [("cagrad_clip", 1.4), ("cagrad", 1.4), ("mgda", 1.0), ("linear", 1.0)]:
+        res = conflict_opt.solve(gram, method=method, c=0.4, backend=backend, strict=True)
+        assert float(res.coeffs) == pytest.approx(expected, abs=1e-12)
+
+
+def test_strict_passes_on_success_and_check_returns_the_result() -> None:
+    gram, w = conflict_gram()
+    res = conflict_opt.solve(gram, w, strict=True)
+    assert conflict_opt.check(res) is res
+
+
+def test_iterative_budget_exhaustion_is_reported_as_max_iter() -> None:
+    from conflict_opt.solvers import _iterative, _problem
+
+    gram, w = conflict_gram(8)
+    problem = _problem.prepare(gram[None], w[None], "cagrad", 0.4)
+    _, iterations, gap, exhausted = _iterative.solve_iterative(problem, max_iter=2)
+    status = _problem.status_from_gap(gap, exhausted)
+    assert bool(exhausted.all()) and int(iterations) == 2
+    assert Status(int(status)) == Status.MAX_ITER
+
+
+def test_exact_backend_without_cvxpy_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from conflict_opt.solvers import _exact
+
+    real_import = builtins.__import__
+
+    def fake_import(name: str, *args: object, **kwargs: object) -> object:
+        if name == "cvxpy":
+            raise ImportError("No module named 'cvxpy'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r"pip install 'conflict-opt\[exact\]'"):
+        _exact._import_cvxpy()
+
+
+def test_auto_never_picks_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conflict_opt.solvers import _exact
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("auto must not call the exact backend")
+
+    monkeypatch.setattr(_exact, "solve_exact", boom)
+    for k in (2, 3, 5):
+        gram, w = conflict_gram(k)
+        conflict_opt.solve(gram, w, backend="auto", strict=True)
