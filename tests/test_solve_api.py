@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import conflict_opt
-from conflict_opt import SolveResult, SolverError, Status
+from conflict_opt import SolverError, SolveResult, Status
 
 from . import helpers
 
@@ -33,7 +33,7 @@ def test_c_outside_unit_interval_is_rejected(c: float) -> None:
 
 def test_c_of_wrong_type_is_rejected() -> None:
     gram, w = conflict_gram()
-    with pytest.raises(ValueError, match="got c='0.4'"):
+    with pytest.raises(ValueError, match=r"got c='0\.4'"):
         conflict_opt.solve(gram, w, c="0.4")  # type: ignore[arg-type]
 
 
@@ -47,7 +47,7 @@ def test_unknown_method_and_backend_list_the_choices() -> None:
 
 def test_closed_form_refuses_more_than_three_objectives() -> None:
     gram, w = conflict_gram(4)
-    with pytest.raises(ValueError, match="closed_form.*K <= 3.*got K=4"):
+    with pytest.raises(ValueError, match=r"closed_form.*K <= 3.*got K=4"):
         conflict_opt.solve(gram, w, backend="closed_form")
 
 
@@ -74,7 +74,7 @@ def test_asymmetric_gram_is_rejected_with_its_asymmetry() -> None:
 
 def test_indefinite_gram_is_rejected_with_its_eigenvalue() -> None:
     gram = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match="positive semidefinite.*smallest eigenvalue -1"):
+    with pytest.raises(ValueError, match=r"positive semidefinite.*smallest eigenvalue -1"):
         conflict_opt.solve(gram)
 
 
