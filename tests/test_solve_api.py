@@ -294,3 +294,18 @@ def test_auto_never_picks_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in (2, 3, 5):
         gram, w = conflict_gram(k)
         conflict_opt.solve(gram, w, backend="auto", strict=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", FAST)
+def test_hot_path_has_no_host_synchronisation(backend: str) -> None:
+    """STYLE rule 7: with validate=False and device-resident weights, solving never syncs."""
+    gram, w = conflict_gram(3)
+    gram, w = gram.cuda(), w.cuda()
+    conflict_opt.solve(gram, w, backend=backend, validate=False)  # warm-up (lazy init syncs)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        res = conflict_opt.solve(gram, w, backend=backend, validate=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert res.coeffs.is_cuda

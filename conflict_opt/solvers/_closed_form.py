@@ -33,16 +33,23 @@ _EDGES = {2: ((0,), (1,)), 3: ((0, 0, 1), (1, 2, 2))}
 def _edge_minimisers(problem: Problem) -> torch.Tensor:
     """Minimisers of Φ on every edge λe_i + (1 − λ)e_j at once; returns ``[B, E, K]`` points."""
     k = problem.beta.shape[-1]
-    dev = problem.beta.device
-    i, j = (torch.tensor(idx, device=dev) for idx in _EDGES[k])
+    edges = list(zip(*_EDGES[k], strict=True))
     h = problem.gram
-    hii, hjj, hij = h[:, i, i], h[:, j, j], h[:, i, j]  # [B, E]
+
+    # Basic indexing with Python ints only: index tensors would be host-to-device copies.
+    def pick(values: torch.Tensor, index) -> torch.Tensor:
+        return torch.stack([index(values, i, j) for i, j in edges], dim=-1)  # [B, E]
+
+    hii = pick(h, lambda m, i, j: m[:, i, i])
+    hjj = pick(h, lambda m, i, j: m[:, j, j])
+    hij = pick(h, lambda m, i, j: m[:, i, j])
     q2 = (hii + hjj - 2 * hij).clamp_min(0.0)
     flat = q2 <= 0
     safe_q2 = torch.where(flat, 1.0, q2)
     lam0 = (hjj - hij) / safe_q2
     m = ((hii * hjj - hij * hij) / safe_q2).clamp_min(0.0)
-    beta_i, beta_j = problem.beta[:, i], problem.beta[:, j]
+    beta_i = pick(problem.beta, lambda v, i, j: v[:, i])
+    beta_j = pick(problem.beta, lambda v, i, j: v[:, j])
     kappa = (beta_j - beta_i) / problem.sigma[:, None]
     room = safe_q2 - kappa * kappa
     has_stationary = ~flat & (room > 0)
@@ -56,10 +63,10 @@ def _edge_minimisers(problem: Problem) -> torch.Tensor:
     values = beta_j[..., None] + (beta_i - beta_j)[..., None] * lam
     values = values + problem.sigma[:, None, None] * sq.sqrt()
     best = lam.gather(-1, values.argmin(-1, keepdim=True)).squeeze(-1)  # [B, E]
-    edges = torch.arange(i.numel(), device=dev)
-    points = torch.zeros(*best.shape, k, dtype=best.dtype, device=dev)
-    points[:, edges, i] = best
-    points[:, edges, j] = 1.0 - best
+    points = best.new_zeros(*best.shape, k)
+    for e, (i, j) in enumerate(edges):
+        points[:, e, i] = best[:, e]
+        points[:, e, j] = 1.0 - best[:, e]
     return points
 
 
