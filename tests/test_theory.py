@@ -321,3 +321,21 @@ def test_torchjd_convention_is_uniform_anchor_without_rescaling() -> None:
         # weighted anchor) would be ≥ 0.2 off, so 1e-3 still tells conventions apart.
         diff = gram_norm(case.gram, ours.numpy() - theirs.numpy())
         assert diff <= 1e-3 * gram_norm(case.gram, ours.numpy())
+
+
+@pytest.mark.parametrize("backend", ["iterative", "exact"])
+def test_dual_roundoff_does_not_become_a_correction(backend: str) -> None:
+    """The dual sits on an exactly opposite pair outside supp(w), so p̃ = min(p, w) = 0 and RACO
+    takes a = w. A 1e-15…1e-10 residue of p on supp(w) (interior-point footprint, null-space
+    projection) must not turn into a full-length correction after G̃_p/‖G̃_p‖."""
+    if backend == "exact":
+        pytest.importorskip("cvxpy")
+    g = np.random.default_rng(5).standard_normal((4, 10)) * 3
+    g = np.vstack([g, -g[0]])
+    w = np.array([0.0, 0.8835, 0.0, 0.1165, 0.0])
+    for c in (0.7, 0.95):
+        res = conflict_opt.solve(torch.tensor(g @ g.T), w, c=c, backend=backend, strict=True)
+        # The scenario itself: the dual's support is the opposite pair {0, 4}.
+        np.testing.assert_allclose(res.dual.numpy()[[0, 4]], 0.5, atol=1e-6)
+        np.testing.assert_array_equal(res.clipped.numpy(), 0.0)
+        np.testing.assert_allclose(res.coeffs.numpy(), w, atol=1e-15)

@@ -218,6 +218,8 @@ def solve(
 
         p, gap, ok = solve_exact(problem)
         exhausted = ~ok
+    if not trivial:
+        p, gap = _problem.snap(problem, p, gap)
     status = _problem.status_from_gap(gap, exhausted)
 
     if trivial:

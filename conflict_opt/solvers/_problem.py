@@ -186,10 +186,15 @@ def certificate(
 
 
 def _face_pinv(
-    problem: Problem, p: torch.Tensor, threshold: float
+    problem: Problem, p: torch.Tensor, threshold: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Support S of ``p``, the pseudo-inverse of H_SS ⊕ I, its eigenvectors and kept mask."""
+    """Support S of ``p``, the pseudo-inverse of H_SS ⊕ I, its eigenvectors and kept mask.
+
+    ``threshold`` is relative to max_j p_j: a float, or ``[B]`` per problem.
+    """
     k = p.shape[-1]
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold[:, None]
     support = p > threshold * p.max(-1, keepdim=True).values
     mask = support[:, :, None] & support[:, None, :]
     eye = torch.eye(k, dtype=p.dtype, device=p.device)
@@ -227,7 +232,7 @@ def certify(problem: Problem, p: torch.Tensor) -> torch.Tensor:
 
 
 def face(
-    problem: Problem, p: torch.Tensor, threshold: float
+    problem: Problem, p: torch.Tensor, threshold: float | torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact KKT points and a primal certificate on the face spanned by the support S of ``p``.
 
@@ -242,7 +247,8 @@ def face(
     Args:
         problem: the normalised problem.
         p: ``[B, K]`` a point of the simplex (typically a near-optimal iterate).
-        threshold: relative size below which an entry of ``p`` is taken as zero.
+        threshold: size relative to max_j p_j below which an entry of ``p`` is taken as zero
+            (a float, or ``[B]`` per problem).
 
     Returns:
         ``[B, K]`` the face's smooth KKT point and ``[B, K]`` its zero-norm point nearest to
@@ -287,14 +293,18 @@ _TIE = 1e-14
 
 
 def polish(
-    problem: Problem, p: torch.Tensor, thresholds: tuple[float, ...] = THRESHOLDS
+    problem: Problem,
+    p: torch.Tensor,
+    thresholds: tuple[float | torch.Tensor, ...] = THRESHOLDS,
+    gap: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Improve ``p [B, K]`` by exact KKT points of candidate faces where they certify better.
 
-    Each support threshold costs one K×K eigendecomposition per problem.
+    Each support threshold costs one K×K eigendecomposition per problem. ``gap`` is a known
+    certificate of ``p`` (computed here when absent).
     Returns the chosen ``p [B, K]`` and its certified relative gap ``[B]``.
     """
-    best, best_gap = p, certificate(problem, p)
+    best, best_gap = p, certificate(problem, p) if gap is None else gap
     for threshold in thresholds:
         smooth, zero_norm, x, x_zero = face(problem, p, threshold)
         for point, dual, is_face in (
@@ -311,6 +321,34 @@ def polish(
             best = torch.where(better[:, None], point, best)
             best_gap = torch.where(better, gap, best_gap)
     return best, best_gap
+
+
+# Dual weights below this fraction of the largest are below every backend's accuracy.
+SNAP = 1e-9
+# ... and zeroing them may raise Φ by at most this much (relative to max_i ‖ḡ_i‖).
+_SNAP_COST = 1e-10
+
+
+def snap(problem: Problem, p: torch.Tensor, gap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set round-off entries of the dual ``p [B, K]`` to zero; returns ``p`` and its gap ``[B]``.
+
+    RACO's clip p̃ = min(p, w) is followed by a normalisation G̃_p/‖G̃_p‖, so a dual entry of
+    1e-15 where w > 0 (an interior-point footprint, a null-space projection's residue) would
+    otherwise become a full-length correction. Entries below ``SNAP`` of the largest are zeroed
+    where that raises Φ by at most 1e-10; the certificate stays valid, the dual bound ψ being
+    unchanged: gap(snapped) = gap + ΔΦ.
+    """
+    snapped = torch.where(p <= SNAP * p.max(-1, keepdim=True).values, 0.0, p)
+    snapped = snapped / snapped.sum(-1, keepdim=True)
+    scale = problem.gram.diagonal(dim1=-2, dim2=-1).max(-1).values.clamp_min(0.0).sqrt()
+    increase = (objective(problem, snapped) - objective(problem, p)).clamp_min(0.0)
+    increase = increase / torch.where(scale > 0, scale, 1.0)
+    use = increase <= _SNAP_COST
+    if problem.squared:
+        # MGDA's gap is on ‖G_p‖²: (Φ + ΔΦ)² − Φ*² ≤ gap + ΔΦ(2Φ + ΔΦ), all relative.
+        value = objective(problem, p) / torch.where(scale > 0, scale, 1.0)
+        increase = increase * (2.0 * value + increase)
+    return torch.where(use[:, None], snapped, p), torch.where(use, gap + increase, gap)
 
 
 def status_from_gap(gap: torch.Tensor, exhausted: torch.Tensor | None = None) -> torch.Tensor:
