@@ -11,8 +11,8 @@ step and the damped step (p, t) + Δ/(1 + λ) (λ the Newton decrement), whose d
 self-concordance guarantees; all candidates are evaluated in one batched pass, so there is no
 data-dependent loop. Once λ ≤ 1 the iterate counts as centred and μ shrinks by ``MU_FACTOR``.
 Unlike first-order methods (Frank–Wolfe, mirror descent), this reaches the stop tolerance of
-1e-10 (ten times inside OPTIMAL's 1e-9) in tens of (K + 2)-sized linear solves, and it handles the non-smooth points
-‖G_p‖ = 0 (MGDA's Pareto-stationary case, opposite gradients).
+1e-10 (ten times inside OPTIMAL's 1e-9) in tens of (K + 2)-sized linear solves, and it handles
+the non-smooth points ‖G_p‖ = 0 (MGDA's Pareto-stationary case, opposite gradients).
 
 Every iteration yields a primal certificate from the Newton-corrected multiplier of the cone
 constraint (see the loop). Every ``POLISH_EVERY`` iterations the iterate's face is solved exactly
@@ -157,9 +157,11 @@ def solve_iterative(
         steps = torch.cat([longest[:, None] * _fractions, damped[:, None]], dim=-1)  # [B, S]
         trial_p = p[:, None, :] + steps[..., None] * dp[:, None, :]  # [B, S, K]
         trial_t = t[:, None] + steps * dt[:, None]
-        trial_r_sq = r_sq[:, None] + steps * (2.0 * (z * dz).sum(-1))[:, None] + steps**2 * (
-            dz * dz
-        ).sum(-1)[:, None]
+        trial_r_sq = (
+            r_sq[:, None]
+            + steps * (2.0 * (z * dz).sum(-1))[:, None]
+            + steps**2 * (dz * dz).sum(-1)[:, None]
+        )
         trial_d = trial_t * trial_t - trial_r_sq
         feasible = (trial_p > 0).all(-1) & (trial_d > 0)
         barrier = (
