@@ -199,40 +199,36 @@ def solve(
     out_dtype = torch.promote_types(gram.dtype, torch.float32)
     flat_gram = gram.detach().reshape(-1, k, k)
     flat_w = w.reshape(-1, k)
-    problem = _problem.prepare(flat_gram, flat_w, method, float(c))
     b = flat_w.shape[0]
     iterations = torch.zeros(b, dtype=torch.int64, device=gram.device)
-    exhausted = None
 
-    trivial = method == "linear" or (method in ("cagrad", "cagrad_clip") and c == 0)
-    if trivial:
-        p = flat_w
+    if method == "linear" or (method in ("cagrad", "cagrad_clip") and c == 0):
+        # No dual to solve: a = w exactly (c = 0 removes RACO's correction term).
+        nonfinite = ~torch.isfinite(flat_gram).flatten(-2).all(-1)
+        p = coeffs = clipped = flat_w
         gap = torch.zeros(b, dtype=torch.float64, device=gram.device)
-    elif chosen == "closed_form":
-        p = solve_closed_form(problem)
-        gap = _problem.certify(problem, p)
-    elif chosen == "iterative":
-        p, iterations, gap, exhausted = solve_iterative(problem)
+        status = _problem.status_from_gap(gap)
     else:
-        from ._exact import solve_exact
+        problem = _problem.prepare(flat_gram, flat_w, method, float(c))
+        exhausted = None
+        if chosen == "closed_form":
+            p = solve_closed_form(problem)
+            gap = _problem.certify(problem, p)
+        elif chosen == "iterative":
+            p, iterations, gap, exhausted = solve_iterative(problem)
+        else:
+            from ._exact import solve_exact
 
-        p, gap, ok = solve_exact(problem)
-        exhausted = ~ok
-    if not trivial:
+            p, gap, ok = solve_exact(problem)
+            exhausted = ~ok
         p, gap = _problem.snap(problem, p, gap)
-    status = _problem.status_from_gap(gap, exhausted)
-
-    if trivial:
-        coeffs, clipped = flat_w, flat_w
-    else:
+        status = _problem.status_from_gap(gap, exhausted)
         # Degenerate problems follow the documented convention: p = w, a = w.
         p = torch.where(problem.degenerate[:, None], flat_w, p)
         coeffs, clipped = _problem.coefficients(problem, p, method, float(c))
         status = torch.where(problem.degenerate, int(Status.DEGENERATE), status)
         gap = torch.where(problem.degenerate, 0.0, gap)
-        if method == "mgda":
-            clipped = p
-    nonfinite = problem.nonfinite
+        nonfinite = problem.nonfinite
     zeros = torch.zeros_like(flat_w)
     coeffs = torch.where(nonfinite[:, None], zeros, coeffs)
     p = torch.where(nonfinite[:, None], zeros, p)
