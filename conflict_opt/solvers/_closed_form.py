@@ -105,14 +105,11 @@ def _interior_candidates(problem: Problem) -> torch.Tensor:
 
 def solve_closed_form(problem: Problem) -> torch.Tensor:
     """Exact dual optimum ``p [B, K]`` for K ∈ {1, 2, 3}."""
-    batch, k = problem.beta.shape
+    k = problem.beta.shape[-1]
     if k == 1:
         return torch.ones_like(problem.beta)
-    if k not in _EDGES:  # pragma: no cover - the dispatcher checks first
-        raise ValueError(
-            f"backend='closed_form' is exact only for K <= 3 objectives, got K={k}; "
-            "use backend='iterative' (any K) or backend='exact' (cvxpy reference)."
-        )
+    # The dispatcher refuses K > 3 with a message naming the alternatives.
+    assert k in _EDGES, k
     stacked = _edge_minimisers(problem)  # [B, E, K]
     if k == 3:
         stacked = torch.cat([stacked, _interior_candidates(problem)], dim=1)
@@ -121,9 +118,7 @@ def solve_closed_form(problem: Problem) -> torch.Tensor:
     norm = (safe @ problem.factor).norm(dim=-1)  # [B, E]
     values = (safe * problem.beta[:, None, :]).sum(-1) + problem.sigma[:, None] * norm
     values = torch.where(stacked.isnan().any(-1), torch.inf, values)
-    best = values.argmin(-1)
-    p = stacked[torch.arange(batch, device=best.device), best]
-    # Interior candidates come from eigenvectors, whose zero entries are ±1e-17: make them zero so
-    # that the support (and hence RACO's clip) is exact.
-    p = torch.where(p < 1e-14, 0.0, p)
-    return p / p.sum(-1, keepdim=True)
+    best = values.argmin(-1, keepdim=True)  # [B, 1]
+    # Interior candidates come from eigenvectors, whose zero entries are ±1e-17; the dispatcher's
+    # snap (_problem.snap) makes them exact zeros, so that RACO's clip sees the true support.
+    return stacked.gather(1, best[..., None].expand(-1, 1, k)).squeeze(1)

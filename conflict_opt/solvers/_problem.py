@@ -46,14 +46,22 @@ def _roundoff(dtype: torch.dtype, k: int) -> float:
     return 8.0 * k * torch.finfo(dtype).eps
 
 
-def vanishes(problem: Problem, v: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
-    """Whether ‖Σ v_i ḡ_i‖² = ``sq_norm [B]`` is round-off for ``v [B, K]`` ≥ 0; returns ``[B]``.
+def _below_roundoff(
+    gram: torch.Tensor, v: torch.Tensor, sq_norm: torch.Tensor, tiny: float
+) -> torch.Tensor:
+    """Whether ‖Σ v_i g_i‖² = ``sq_norm [B]`` is round-off for ``v [B, K]``; returns ``[B]``.
 
-    The yardstick is what the terms could produce, (Σ v_i ‖ḡ_i‖)², times the round-off of the
-    caller's dtype: relative, so scale-free, and honest about a bf16 Gram's three digits.
+    The yardstick is what the terms could produce, (Σ |v_i| ‖g_i‖)², times ``tiny`` (the
+    round-off of the caller's dtype): relative, so scale-free, and honest about a bf16 Gram's
+    three digits.
     """
-    lengths = problem.gram.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
-    return sq_norm <= problem.tiny * (v.abs() * lengths).sum(-1) ** 2
+    lengths = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    return sq_norm <= tiny * (v.abs() * lengths).sum(-1) ** 2
+
+
+def vanishes(problem: Problem, v: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:
+    """:func:`_below_roundoff` for the problem's (normalised) Gram and dtype."""
+    return _below_roundoff(problem.gram, v, sq_norm, problem.tiny)
 
 
 class Problem(NamedTuple):
@@ -105,9 +113,7 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
     g0_sq = norm_sq(factor, w)
     anchor_norm = g0_sq.sqrt()
     if method in ("cagrad", "cagrad_clip"):
-        lengths = h.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
-        anchor_zero = g0_sq <= tiny * (w * lengths).sum(-1) ** 2  # as in vanishes()
-        degenerate = zero | anchor_zero
+        degenerate = zero | _below_roundoff(h, w, g0_sq, tiny)
         safe_norm = torch.where(degenerate, 1.0, anchor_norm)
         beta = mv(h, w) / safe_norm[:, None]
         beta = torch.where(degenerate[:, None], 0.0, beta)
