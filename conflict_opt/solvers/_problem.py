@@ -139,6 +139,12 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
     )
 
 
+def scale(problem: Problem) -> torch.Tensor:
+    """max_i ‖ḡ_i‖ ``[B]`` (1 where every gradient is zero): the size of Φ and of its gaps."""
+    longest = problem.gram.diagonal(dim1=-2, dim2=-1).max(-1).values.clamp_min(0.0).sqrt()
+    return torch.where(longest > 0, longest, 1.0)
+
+
 def norm_sq(factor: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """‖G_p‖² = ‖Rᵀp‖² for ``factor [B, K, K]`` and ``p [B, K]``; returns ``[B]``."""
     z = tmv(factor, p)
@@ -168,7 +174,7 @@ def certificate(
         (``problem.squared``) the bound is on ‖G_p‖² − ‖G_p*‖² ≤ (Φ − ψ)(Φ + max(ψ, 0)), divided
         by max_i ‖ḡ_i‖²: near a zero-norm optimum ‖G_p‖ itself resolves only sqrt(eps).
     """
-    h, factor = problem.gram, problem.factor
+    factor = problem.factor
     z = tmv(factor, p)
     hp = mv(factor, z)
     r = (z * z).sum(-1).sqrt()
@@ -183,12 +189,11 @@ def certificate(
         norm = (u_coords * u_coords).sum(-1).sqrt()
         shrink = torch.where(norm > problem.sigma, problem.sigma / norm.clamp_min(1e-300), 1.0)
         psi = torch.maximum(psi, (problem.beta + shrink[:, None] * hx).min(-1).values)
-    scale_sq = h.diagonal(dim1=-2, dim2=-1).max(-1).values.clamp_min(0.0)
-    scale_sq = torch.where(scale_sq > 0, scale_sq, 1.0)
+    size = scale(problem)
     gap = (phi - psi).clamp_min(0.0)
     if problem.squared:
-        return gap * (phi + psi.clamp_min(0.0)) / scale_sq
-    return gap / scale_sq.sqrt()
+        return gap * (phi + psi.clamp_min(0.0)) / size**2
+    return gap / size
 
 
 def _face_pinv(
@@ -346,13 +351,12 @@ def snap(problem: Problem, p: torch.Tensor, gap: torch.Tensor) -> tuple[torch.Te
     """
     snapped = torch.where(p <= SNAP * p.max(-1, keepdim=True).values, 0.0, p)
     snapped = snapped / snapped.sum(-1, keepdim=True)
-    scale = problem.gram.diagonal(dim1=-2, dim2=-1).max(-1).values.clamp_min(0.0).sqrt()
-    increase = (objective(problem, snapped) - objective(problem, p)).clamp_min(0.0)
-    increase = increase / torch.where(scale > 0, scale, 1.0)
+    size = scale(problem)
+    value = objective(problem, p) / size
+    increase = (objective(problem, snapped) / size - value).clamp_min(0.0)
     use = increase <= _SNAP_COST
     if problem.squared:
         # MGDA's gap is on ‖G_p‖²: (Φ + ΔΦ)² − Φ*² ≤ gap + ΔΦ(2Φ + ΔΦ), all relative.
-        value = objective(problem, p) / torch.where(scale > 0, scale, 1.0)
         increase = increase * (2.0 * value + increase)
     return torch.where(use[:, None], snapped, p), torch.where(use, gap + increase, gap)
 
