@@ -69,6 +69,8 @@ class SolveResult(NamedTuple):
                 f"SolveResult(coeffs={self.coeffs.tolist()}, dual={self.dual.tolist()}, "
                 f"status={Status(int(self.status)).name}, gap={float(self.gap):.3g})"
             )
+        if self.gap.numel() == 0:
+            return f"SolveResult(shape={shape}, empty batch)"
         return f"SolveResult(shape={shape}, status: {summary}, max gap={float(self.gap.max()):.3g})"
 
 

@@ -152,6 +152,7 @@ def test_empty_batch_returns_empty_result() -> None:
     res = conflict_opt.solve(torch.zeros(0, 3, 3))
     assert res.coeffs.shape == (0, 3)
     assert res.status.shape == (0,)
+    assert "empty batch" in repr(res)
 
 
 @pytest.mark.parametrize(
