@@ -1,7 +1,8 @@
 """conflict_opt: conflict-averse multi-objective update directions for PyTorch.
 
 Solvers are pure functions of the K×K Gram matrix of the per-objective gradients; see
-:func:`solve` and ``docs/solvers.md``.
+:func:`solve` and ``docs/solvers.md``. The Gram itself and the combined update Σ a_k g_k are
+computed by :func:`gram` and :func:`combine_` (``docs/kernels.md``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from ._types import SolveResult as SolveResult
 from ._types import Status as Status
 from .diagnostics import Diagnostics as Diagnostics
 from .diagnostics import diagnostics as diagnostics
+from .primitives import combine_ as combine_
+from .primitives import gram as gram
 from .solvers import check as check
 from .solvers import solve as solve
 
@@ -27,6 +30,8 @@ __all__ = [
     "Status",
     "__version__",
     "check",
+    "combine_",
     "diagnostics",
+    "gram",
     "solve",
 ]

@@ -14,6 +14,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# Without a GPU the triton kernels run in triton's interpreter. The mode is fixed when the
+# kernels are decorated, so it must be set before conflict_opt.kernels is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 settings.register_profile(
     "ci",
     derandomize=True,

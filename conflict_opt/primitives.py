@@ -1,0 +1,545 @@
+"""The two data-heavy operations of a step: the Gram of K gradients, and their combination.
+
+* :func:`gram` computes H_ij = ⟨g_i, g_j⟩ for K per-objective gradients, each spread over many
+  parameter tensors.
+* :func:`combine_` writes Σ_k a_k g_k into one output per parameter (typically ``.grad``).
+
+Both are bandwidth-bound: the least memory traffic is one read of the K·P gradient values (plus
+one write of P values for the combination). Three backends share one signature:
+
+* ``"reference"``: plain float64 torch on a concatenated K×P copy; the test oracle.
+* ``"torch"``: the fast path on any device. No K×P copy: the gradients are walked in blocks
+  small enough to stay in cache, so each value is read from memory once; big tensors are sliced,
+  small ones are packed together into one staging block (one op per objective, instead of a
+  few per tensor). Gram blocks use one dot product per pair i ≤ j (one triangle).
+* ``"triton"``: the kernels of :mod:`conflict_opt.kernels`: a multi-tensor Gram with a split-P
+  reduction and symmetric tiles, and a multi-tensor combination writing in place. CUDA tensors,
+  or CPU tensors under ``TRITON_INTERPRET=1`` (set before the kernels are first imported).
+
+``"auto"`` picks ``"triton"`` for CUDA tensors when triton is importable and not disabled by
+``CONFLICT_OPT_DISABLE_TRITON=1``, else ``"torch"``. An explicit backend is honoured or raises.
+
+Precision: sums over a block of at most 2²⁰ values run in the input's precision promoted to at
+least float32 (float64 inputs stay float64); block sums are accumulated in ``accumulate_dtype``
+(Gram) or written in the output's dtype (combination). docs/kernels.md has the details and the
+benchmark table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import torch
+
+__all__ = ["PRIMITIVE_BACKENDS", "PrimitiveBackend", "combine_", "gram"]
+
+PrimitiveBackend = Literal["auto", "reference", "torch", "triton"]
+PRIMITIVE_BACKENDS: tuple[str, ...] = ("auto", "reference", "torch", "triton")
+
+# Aliases evaluated at import time: typing.Union keeps them valid on Python 3.10.
+GradsLike = Union[torch.Tensor, Sequence[Union[torch.Tensor, Sequence[Union[torch.Tensor, None]]]]]  # noqa: UP007
+OutLike = Union[torch.Tensor, Sequence[torch.Tensor]]  # noqa: UP007
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_ACCUMULATE_DTYPES = (torch.float32, torch.float64)
+DISABLE_ENV = "CONFLICT_OPT_DISABLE_TRITON"
+
+# Values per block of the torch path, across all K objectives: 2²¹ values (8 MiB in float32)
+# stay in this class of machine's L2 + L3 while the K(K+1)/2 dot products re-read them. One
+# objective's slice is at most 2²⁰ values (see the precision note above).
+_BLOCK_VALUES = 1 << 21
+_MAX_SLICE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Grads:
+    """K gradients as parameter slots: ``slots[t][k]`` is objective k's tensor t (or None)."""
+
+    k: int
+    slots: tuple[tuple[torch.Tensor | None, ...], ...]
+    shapes: tuple[torch.Size, ...]
+    dtypes: tuple[torch.dtype | None, ...]  # None: every objective's tensor t is None
+    device: torch.device
+    packed: bool  # given as one [K, P] tensor
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(s.numel() for s in self.shapes)
+
+
+def _check_tensor(t: object, where: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{where} must be a torch.Tensor or None, got {type(t).__name__}.")
+    if t.dtype not in _DTYPES:
+        raise ValueError(
+            f"{where} must be float16, bfloat16, float32 or float64, got dtype={t.dtype}."
+        )
+    return t
+
+
+def as_grads(grads: GradsLike) -> Grads:
+    """Validate ``grads`` (K sequences of tensors, or one ``[K, P]`` tensor) into :class:`Grads`."""
+    if isinstance(grads, torch.Tensor):
+        _check_tensor(grads, "`grads`")
+        if grads.ndim != 2 or grads.shape[0] == 0:
+            raise ValueError(
+                "`grads` as one tensor must have shape [K, P] with K >= 1, got shape="
+                f"{tuple(grads.shape)}."
+            )
+        rows = tuple(grads.detach()[k] for k in range(grads.shape[0]))
+        return Grads(grads.shape[0], (rows,), (rows[0].shape,), (grads.dtype,), grads.device, True)
+    if isinstance(grads, (str, bytes)) or not isinstance(grads, Sequence):
+        raise ValueError(
+            "`grads` must be K sequences of tensors (one per parameter) or one [K, P] tensor, "
+            f"got {type(grads).__name__}."
+        )
+    k = len(grads)
+    if k == 0:
+        raise ValueError("`grads` must hold at least one objective, got K=0.")
+    per_objective: list[tuple[torch.Tensor | None, ...]] = []
+    for i, seq in enumerate(grads):
+        if isinstance(seq, torch.Tensor):
+            seq = (seq,)  # one tensor per objective
+        elif isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+            raise ValueError(
+                f"`grads[{i}]` must be a sequence of tensors (or a tensor), "
+                f"got {type(seq).__name__}."
+            )
+        per_objective.append(tuple(seq))
+    n = len(per_objective[0])
+    for i, seq in enumerate(per_objective):
+        if len(seq) != n:
+            raise ValueError(
+                f"every objective must list the same parameters: `grads[0]` has {n} tensors, "
+                f"`grads[{i}]` has {len(seq)}."
+            )
+    slots, shapes, dtypes = [], [], []
+    devices: set[torch.device] = set()
+    for t in range(n):
+        slot = tuple(per_objective[i][t] for i in range(k))
+        present = [
+            (i, _check_tensor(g, f"`grads[{i}][{t}]`")) for i, g in enumerate(slot) if g is not None
+        ]
+        if present:
+            i0, g0 = present[0]
+            for i, g in present[1:]:
+                if g.shape != g0.shape:
+                    raise ValueError(
+                        f"tensor {t} must have one shape across objectives: `grads[{i0}][{t}]` "
+                        f"has shape {tuple(g0.shape)}, `grads[{i}][{t}]` has {tuple(g.shape)}."
+                    )
+                if g.dtype != g0.dtype:
+                    raise ValueError(
+                        f"tensor {t} must have one dtype across objectives: `grads[{i0}][{t}]` "
+                        f"is {g0.dtype}, `grads[{i}][{t}]` is {g.dtype}."
+                    )
+            devices.update(g.device for _, g in present)
+            shapes.append(g0.shape)
+            dtypes.append(g0.dtype)
+        else:
+            shapes.append(torch.Size([0]))
+            dtypes.append(None)
+        slots.append(tuple(None if g is None else g.detach() for g in slot))
+    if len(devices) > 1:
+        raise ValueError(f"`grads` must live on one device, got {sorted(str(d) for d in devices)}.")
+    device = devices.pop() if devices else torch.device("cpu")
+    return Grads(k, tuple(slots), tuple(shapes), tuple(dtypes), device, False)
+
+
+def _as_out(out: OutLike, g: Grads) -> tuple[torch.Tensor, ...]:
+    """Validate ``out`` against ``g``: one ``[P]`` tensor or one tensor per parameter slot."""
+    if g.packed:
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(
+                "`out` must be a [P] tensor when `grads` is one [K, P] tensor, got "
+                f"{type(out).__name__}."
+            )
+        outs: tuple[object, ...] = (out,)
+        expected = g.shapes
+        if out.ndim != 1 or out.shape[0] != g.shapes[0].numel():
+            raise ValueError(
+                f"`out` must have shape [P] = [{g.shapes[0].numel()}], got shape="
+                f"{tuple(out.shape)}."
+            )
+        expected = (out.shape,)
+    else:
+        if isinstance(out, torch.Tensor) or not isinstance(out, Sequence):
+            raise ValueError(
+                "`out` must be a sequence of tensors (one per parameter) when `grads` is K "
+                f"sequences, got {type(out).__name__}."
+            )
+        outs = tuple(out)
+        if len(outs) != len(g.slots):
+            raise ValueError(
+                f"`out` must hold one tensor per parameter: expected {len(g.slots)}, "
+                f"got {len(outs)}."
+            )
+        expected = g.shapes
+    result = []
+    for t, (o, shape) in enumerate(zip(outs, expected, strict=True)):
+        o = _check_tensor(o, "`out`" if g.packed else f"`out[{t}]`")
+        if g.dtypes[t] is not None and o.shape != shape:
+            raise ValueError(
+                f"`out[{t}]` must have the gradients' shape {tuple(shape)}, got {tuple(o.shape)}."
+            )
+        if g.dtypes[t] is not None and o.device != g.device:
+            raise ValueError(
+                f"`out[{t}]` must be on the gradients' device {g.device}, got {o.device}."
+            )
+        result.append(o)
+    return tuple(result)
+
+
+def _coeffs(coeffs: torch.Tensor | Sequence[float], k: int, device: torch.device) -> torch.Tensor:
+    a = torch.as_tensor(coeffs)
+    if not a.is_floating_point() and a.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"`coeffs` must be real numbers, got dtype={a.dtype}.")
+    if a.shape != (k,):
+        raise ValueError(f"`coeffs` must have shape [K] = [{k}], got shape={tuple(a.shape)}.")
+    # A device copy, not a read: no host synchronisation even for CUDA coefficients.
+    return a.detach().to(device=device, dtype=torch.float64)
+
+
+def triton_unavailable(device: torch.device) -> str | None:
+    """Why the triton backend cannot run on ``device`` (None when it can)."""
+    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return f"it is disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
+    try:
+        multi_tensor = importlib.import_module("conflict_opt.kernels.multi_tensor")
+    except ImportError as err:
+        return f"triton is not importable ({err}); pip install 'conflict-opt[triton]'"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and multi_tensor.INTERPRET:
+        return None
+    return (
+        f"its kernels need CUDA tensors, got device {device} (CPU tensors run only in "
+        "triton's interpreter: TRITON_INTERPRET=1 set before conflict_opt.kernels is imported)"
+    )
+
+
+def _select(backend: str, device: torch.device) -> str:
+    if backend not in PRIMITIVE_BACKENDS:
+        raise ValueError(f"`backend` must be one of {PRIMITIVE_BACKENDS}, got backend={backend!r}.")
+    if backend == "auto":
+        if device.type == "cuda" and triton_unavailable(device) is None:
+            return "triton"
+        return "torch"
+    if backend == "triton":
+        reason = triton_unavailable(device)
+        if reason is not None:
+            raise RuntimeError(f"backend='triton' was requested but {reason}.")
+    return backend
+
+
+def gram(
+    grads: GradsLike,
+    *,
+    backend: PrimitiveBackend = "auto",
+    accumulate_dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    r"""Gram matrix H_ij = ⟨g_i, g_j⟩ of K gradients, each spread over many tensors.
+
+    Args:
+        grads: K sequences of tensors, ``grads[k][t]`` being objective k's gradient of
+            parameter t (same shape and dtype across objectives; ``None`` means zero), or one
+            ``[K, P]`` tensor. float16, bfloat16, float32 or float64.
+        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (module docstring).
+        accumulate_dtype: ``torch.float64`` (default) or ``torch.float32``: the dtype of the
+            result and of the accumulation across blocks.
+
+    Returns:
+        ``[K, K]`` symmetric tensor of ``accumulate_dtype`` on the gradients' device (CPU when
+        every gradient is None). NaN and Inf in a gradient propagate to its row and column.
+
+    Raises:
+        ValueError: malformed ``grads`` (shapes, dtypes, devices, counts; the message names the
+            offending entry), an unknown backend or an ``accumulate_dtype`` below float32.
+        RuntimeError: ``backend="triton"`` where it cannot run (the message says why).
+
+    Example:
+        >>> import torch, conflict_opt
+        >>> g1 = [torch.tensor([1.0, 0.0]), torch.tensor([[2.0]])]   # objective 1, 2 params
+        >>> g2 = [torch.tensor([0.0, 3.0]), None]                    # objective 2 misses one
+        >>> conflict_opt.gram([g1, g2])
+        tensor([[5., 0.],
+                [0., 9.]], dtype=torch.float64)
+    """
+    if accumulate_dtype not in _ACCUMULATE_DTYPES:
+        raise ValueError(
+            "`accumulate_dtype` must be torch.float32 or torch.float64 (accumulation is at "
+            f"least float32), got accumulate_dtype={accumulate_dtype}."
+        )
+    g = as_grads(grads)
+    chosen = _select(backend, g.device)
+    if chosen == "reference":
+        return _gram_reference(g).to(accumulate_dtype)
+    if chosen == "torch":
+        return _gram_torch(g, accumulate_dtype)
+    from .kernels import multi_tensor
+
+    return multi_tensor.gram(g, accumulate_dtype)
+
+
+def combine_(
+    out: OutLike,
+    grads: GradsLike,
+    coeffs: torch.Tensor | Sequence[float],
+    *,
+    backend: PrimitiveBackend = "auto",
+    accumulate: bool = False,
+) -> OutLike:
+    r"""Write Σ_k coeffs_k · grads_k into ``out`` in place (``out +=`` with ``accumulate=True``).
+
+    Args:
+        out: one tensor per parameter (e.g. the parameters' ``.grad``) matching ``grads``'
+            shapes, or a ``[P]`` tensor when ``grads`` is one ``[K, P]`` tensor. Any of the four
+            float dtypes, independently of the gradients'. It may be one of the gradient
+            tensors itself (each block is read before it is written) but must not partially
+            overlap one.
+        grads: as for :func:`gram`; ``None`` means zero. A parameter with no gradient in any
+            objective gets zeros (or is left as is with ``accumulate=True``).
+        coeffs: ``[K]`` coefficients (e.g. ``SolveResult.coeffs``), on any device; they are
+            moved, never read on the host.
+        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (module docstring).
+        accumulate: add to ``out`` instead of overwriting it.
+
+    Returns:
+        ``out``. The sum is formed in float32 (float64 when a gradient or the output is
+        float64) and rounded once to ``out``'s dtype. NaN and Inf propagate.
+
+    Raises:
+        ValueError: malformed ``grads``, ``out`` or ``coeffs`` (the message names the entry),
+            or an unknown backend.
+        RuntimeError: ``backend="triton"`` where it cannot run (the message says why).
+
+    Example:
+        >>> import torch, conflict_opt
+        >>> params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
+        >>> g1 = [torch.tensor([1.0, 2.0]), torch.tensor([1.0])]
+        >>> g2 = [torch.tensor([3.0, 4.0]), None]
+        >>> for p in params:
+        ...     p.grad = torch.empty_like(p)
+        >>> _ = conflict_opt.combine_([p.grad for p in params], [g1, g2], [0.5, 0.25])
+        >>> [p.grad.tolist() for p in params]
+        [[1.25, 2.0], [0.5]]
+    """
+    if not isinstance(accumulate, bool):
+        raise ValueError(f"`accumulate` must be a bool, got accumulate={accumulate!r}.")
+    g = as_grads(grads)
+    outs = _as_out(out, g)
+    reached = any(d is not None for d in g.dtypes)
+    device = g.device if reached or not outs else outs[0].device
+    a = _coeffs(coeffs, g.k, device) if outs else torch.zeros(g.k, dtype=torch.float64)
+    chosen = _select(backend, device)
+    if chosen == "reference":
+        _combine_reference(outs, g, a, accumulate)
+    elif chosen == "torch":
+        _combine_torch(outs, g, a, accumulate)
+    else:
+        from .kernels import multi_tensor
+
+        multi_tensor.combine_(outs, g, a, accumulate)
+    return out
+
+
+# ----------------------------------------------------------------------------------- reference
+
+
+def _flat64(g: Grads) -> torch.Tensor:
+    """The K×P float64 matrix J of ``g`` (None → zeros)."""
+    rows = []
+    for k in range(g.k):
+        parts = [
+            torch.zeros(n, dtype=torch.float64, device=g.device)
+            if slot[k] is None
+            else slot[k].reshape(-1).to(torch.float64)
+            for slot, n in zip(g.slots, g.numels, strict=True)
+        ]
+        rows.append(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64))
+    return torch.stack(rows).to(g.device)
+
+
+def _gram_reference(g: Grads) -> torch.Tensor:
+    # Memory traffic: reads the K·P inputs, writes a K×P float64 copy (2× the bytes of float32
+    # inputs, 4× of 16-bit ones) and reads it back in J Jᵀ: about 5× the minimum for float32.
+    # Simple and exact to float64 round-off: the oracle the other backends are tested against.
+    j = _flat64(g)
+    h = j @ j.T
+    return h.triu() + h.triu(1).T  # BLAS need not return an exactly symmetric product
+
+
+def _combine_reference(
+    outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumulate: bool
+) -> None:
+    # Memory traffic: as _gram_reference for J, plus a float64 [P] result and one pass per out.
+    total = a.to(g.device) @ _flat64(g)
+    offset = 0
+    for t, (o, n) in enumerate(zip(outs, g.numels, strict=True)):
+        if g.dtypes[t] is None:
+            if not accumulate:
+                o.zero_()
+            continue
+        part = total[offset : offset + n].reshape(o.shape)
+        offset += n
+        if accumulate:
+            o.copy_(o.to(torch.float64) + part)
+        else:
+            o.copy_(part)
+
+
+# --------------------------------------------------------------------------------------- torch
+
+
+def _compute_dtype(*dtypes: torch.dtype | None) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    # A copy only for a non-contiguous tensor (one tensor at a time, never K×P).
+    return t.reshape(-1)
+
+
+@dataclass
+class _Block:
+    """Consecutive pieces of the parameter list that form one block of the torch path."""
+
+    pieces: list[tuple[int, int, int]]  # (slot, start, length)
+    dtype: torch.dtype  # compute dtype
+    staged: bool  # packed into a staging buffer (small tensors, or a 16-bit slice)
+
+
+def _blocks(g: Grads, extra_dtype: Sequence[torch.dtype | None] | None = None) -> list[_Block]:
+    """Split the slots into blocks of at most _BLOCK_VALUES / K values per objective."""
+    per = max(1, min(_MAX_SLICE, _BLOCK_VALUES // g.k))
+    blocks: list[_Block] = []
+    open_: dict[torch.dtype, tuple[_Block, int]] = {}
+    for t, (dtype, n) in enumerate(zip(g.dtypes, g.numels, strict=True)):
+        if n == 0:
+            continue
+        other = None if extra_dtype is None else extra_dtype[t]
+        cdt = _compute_dtype(dtype, other)
+        if n >= per // 2:
+            # Big tensor: its own slices; a native slice is used in place, a 16-bit one staged.
+            for start in range(0, n, per):
+                blocks.append(_Block([(t, start, min(per, n - start))], cdt, dtype != cdt))
+            continue
+        block, used = open_.get(cdt, (None, 0))
+        if block is None or used + n > per:
+            block, used = _Block([], cdt, True), 0
+            blocks.append(block)
+        block.pieces.append((t, 0, n))
+        open_[cdt] = (block, used + n)
+    return blocks
+
+
+class _Staging:
+    """Reusable ``[K, per]`` buffers of each compute dtype, plus a zero row for absent pieces."""
+
+    def __init__(self, k: int, device: torch.device) -> None:
+        self.k, self.device = k, device
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._zero_rows: dict[torch.dtype, torch.Tensor] = {}
+
+    def fill(
+        self, flats: list[tuple[torch.Tensor | None, ...]], block: _Block
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The block's K rows in its compute dtype, and the ``[K, n]`` matrix when staged.
+
+        A native slice of one big tensor is used in place; anything else is copied once into
+        the staging buffer. Absent gradients are rows of zeros, so that a NaN elsewhere still
+        meets them as NaN · 0 = NaN, as in the reference.
+        """
+        n = sum(length for _, _, length in block.pieces)
+        zeros = self._zeros(block.dtype, n)
+        if not block.staged:
+            (t, start, length) = block.pieces[0]
+            return [zeros if f is None else f[start : start + length] for f in flats[t]], None
+        matrix = self._buffer(block.dtype, n)
+        for k in range(self.k):
+            parts = [
+                zeros[:length] if flats[t][k] is None else flats[t][k][start : start + length]
+                for t, start, length in block.pieces
+            ]
+            if len(parts) == 1:
+                matrix[k].copy_(parts[0])
+            else:
+                torch.cat(parts, out=matrix[k])
+        return list(matrix.unbind(0)), matrix
+
+    def _buffer(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        have = self._buffers.get(dtype)
+        if have is None or have.shape[1] < n:
+            have = torch.empty(self.k, n, dtype=dtype, device=self.device)
+            self._buffers[dtype] = have
+        return have[:, :n]
+
+    def _zeros(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        have = self._zero_rows.get(dtype)
+        if have is None or have.shape[0] < n:
+            have = torch.zeros(n, dtype=dtype, device=self.device)
+            self._zero_rows[dtype] = have
+        return have[:n]
+
+
+def _flats(g: Grads) -> list[tuple[torch.Tensor | None, ...]]:
+    return [tuple(None if x is None else _flat(x) for x in slot) for slot in g.slots]
+
+
+def _gram_torch(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
+    k = g.k
+    pairs = [(i, j) for i in range(k) for j in range(i, k)]
+    flats = _flats(g)
+    staging = _Staging(k, g.device)
+    sums = []
+    for block in _blocks(g):
+        rows, _ = staging.fill(flats, block)
+        # One triangle: K(K+1)/2 dot products over cache-resident rows.
+        sums.append(torch.stack([torch.dot(rows[i], rows[j]) for i, j in pairs]))
+    out = torch.zeros(k, k, dtype=accumulate_dtype, device=g.device)
+    if sums:
+        upper = torch.stack(sums).to(accumulate_dtype).sum(0)
+        rows_idx, cols_idx = torch.triu_indices(k, k, device=g.device)
+        out[rows_idx, cols_idx] = upper
+        out[cols_idx, rows_idx] = upper
+    return out
+
+
+def _combine_torch(
+    outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumulate: bool
+) -> None:
+    # Non-contiguous outputs are written through a contiguous copy (one tensor at a time).
+    work = [o if o.is_contiguous() else o.contiguous() for o in outs]
+    for t, dtype in enumerate(g.dtypes):
+        if dtype is None and not accumulate:
+            work[t].zero_()  # no objective reaches this parameter
+    flats = _flats(g)
+    staging = _Staging(g.k, g.device)
+    coeffs = {dt: a.to(dt) for dt in (torch.float32, torch.float64)}
+    for block in _blocks(g, [o.dtype for o in outs]):
+        rows, matrix = staging.fill(flats, block)
+        a_dt = coeffs[block.dtype]
+        if matrix is not None:
+            total = a_dt @ matrix  # [K] @ [K, n], from cache
+        else:
+            (_, _, length) = block.pieces[0]
+            total = torch.mul(rows[0], a_dt[0])
+            for i in range(1, g.k):
+                total.addcmul_(rows[i], a_dt[i])
+        offset = 0
+        for t, start, length in block.pieces:
+            target = work[t].view(-1)[start : start + length]
+            part = total[offset : offset + length]
+            offset += length
+            # One rounding to the output's dtype (the add itself runs in the compute dtype).
+            if accumulate:
+                target.add_(part)
+            else:
+                target.copy_(part)
+    for o, w in zip(outs, work, strict=True):
+        if w is not o:
+            o.copy_(w)

@@ -1,0 +1,417 @@
+"""``gram`` and ``combine_``: every backend against the float64 reference, over a case table
+that hits every branch (K = 1…8 and beyond a Gram tile; P = 0, 1, 63, 1,000, 65,537; 1, 7 and
+200 tensors; non-contiguous tensors; None gradients; the [K, P] form; four dtypes; blocks and
+chunks split small enough to exercise multi-block code), plus NaN/Inf propagation, outputs
+poisoned with NaN, aliasing, device-free input validation and backend selection.
+
+The triton kernels run here in triton's interpreter (``TRITON_INTERPRET=1``, set by conftest
+when there is no GPU).
+
+Tolerances follow the classical dot-product error bound (Higham, *Accuracy and Stability of
+Numerical Algorithms*, §3.1): |fl(xᵀy) − xᵀy| ≤ γ_n Σ|x_i y_i| with γ_n ≈ n·u. The tests use
+u_c·(4·sqrt(n) + 8)·Σ|x_i y_i|, u_c the unit round-off of the compute precision: a realistic
+(not worst-case) bound that a genuine bug (a dropped block, a wrong dtype, a lost term) exceeds
+by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import conflict_opt
+from conflict_opt import primitives
+
+try:
+    from conflict_opt.kernels import multi_tensor
+except ImportError:  # the [triton] extra is not installed
+    multi_tensor = None
+
+BACKENDS = ["reference", "torch", "triton"]
+_UNIT = {
+    torch.float16: 2.0**-11,
+    torch.bfloat16: 2.0**-8,
+    torch.float32: 2.0**-24,
+    torch.float64: 2.0**-53,
+}
+
+
+def _need(backend: str) -> None:
+    if backend != "triton":
+        return
+    if multi_tensor is None:
+        pytest.skip("needs the [triton] extra")
+    reason = primitives.triton_unavailable(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(f"triton backend unavailable on CPU: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    k: int
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: torch.dtype = torch.float32
+    none_every: int = 0  # objective k misses tensor t when (k + t) % none_every == 0
+    noncontiguous: bool = False
+    packed: bool = False  # one [K, P] tensor
+
+
+def _transformerish(n: int) -> tuple[tuple[int, ...], ...]:
+    base = [(16, 16), (16,), (64, 16), (64,), (16, 64), (16,), (0,), (1,), (3, 5, 7)]
+    return tuple(base[i % len(base)] for i in range(n))
+
+
+CASES = [
+    *[Case(f"K{k}-7tensors", k, _transformerish(7), none_every=3) for k in range(1, 9)],
+    Case("K12-two-tiles", 12, _transformerish(7), none_every=5),
+    Case("K17-three-tiles", 17, ((40,), (3, 3)), none_every=4),
+    *[Case(f"P{p}-1tensor", 3, ((p,),)) for p in (0, 1, 63, 1000, 65537)],
+    *[Case(f"P{p}-packed", 3, ((p,),), packed=True) for p in (0, 1, 63, 1000)],
+    Case("packed-noncontiguous", 4, ((1000,),), packed=True, noncontiguous=True),
+    Case("200tensors", 4, _transformerish(200), none_every=7),
+    Case("noncontiguous", 3, ((20, 30), (9, 4), (64,)), noncontiguous=True, none_every=4),
+    *[
+        Case(f"dtype-{str(dt).split('.')[-1]}", 3, _transformerish(7), dtype=dt, none_every=4)
+        for dt in (torch.float16, torch.bfloat16, torch.float64)
+    ],
+    Case("all-none-tensor", 2, ((5,), (6,)), none_every=1),
+]
+
+
+def _make(case: Case, *, seed: int = 0) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    if case.packed:
+        p = case.shapes[0][0]
+        if case.noncontiguous:
+            j = torch.randn(2 * p, case.k, generator=gen).to(case.dtype).T[:, ::2]
+            assert not j.is_contiguous()
+        else:
+            j = torch.randn(case.k, p, generator=gen).to(case.dtype)
+        return j
+    grads = []
+    for k in range(case.k):
+        row = []
+        for t, shape in enumerate(case.shapes):
+            if case.none_every and (k + t) % case.none_every == 0:
+                row.append(None)
+                continue
+            x = torch.randn(shape, generator=gen) * (1.0 + t % 3)
+            if case.noncontiguous and len(shape) == 2:
+                x = torch.randn(shape[::-1], generator=gen).T
+                assert not x.is_contiguous() or min(shape) <= 1
+            elif case.noncontiguous and len(shape) == 1:
+                x = torch.randn(2 * shape[0], generator=gen)[::2]
+            row.append(x.to(case.dtype))
+        grads.append(row)
+    return grads
+
+
+def _flat64(grads, case: Case) -> torch.Tensor:
+    """The K×P float64 matrix of ``grads``, computed independently of the library."""
+    if isinstance(grads, torch.Tensor):
+        return grads.to(torch.float64)
+    numels = [math.prod(shape) for shape in case.shapes]
+    return torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.zeros(n, dtype=torch.float64)
+                    if grads[i][t] is None
+                    else grads[i][t].reshape(-1).double()
+                    for t, n in enumerate(numels)
+                ]
+            )
+            for i in range(case.k)
+        ]
+    )
+
+
+def _compute_unit(dtype: torch.dtype, accumulate: torch.dtype) -> float:
+    if dtype == torch.float64 and accumulate == torch.float64:
+        return _UNIT[torch.float64]
+    return _UNIT[torch.float32]
+
+
+def _assert_gram_close(got, j: torch.Tensor, dtype, accumulate) -> None:
+    want = j @ j.T
+    assert got.shape == want.shape
+    assert got.dtype == accumulate
+    assert torch.equal(got, got.T), "the Gram must be exactly symmetric"
+    n = max(1, j.shape[1])
+    bound = j.abs() @ j.abs().T
+    unit = _compute_unit(dtype, accumulate)
+    tol = unit * (4 * math.sqrt(n) + 8) * bound + _UNIT[accumulate] * want.abs()
+    err = (got.double() - want).abs()
+    assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}, tol {float(tol.max()):.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_gram_matches_reference(case: Case, backend: str) -> None:
+    _need(backend)
+    grads = _make(case)
+    j = _flat64(grads, case)
+    for accumulate in (torch.float64, torch.float32):
+        got = conflict_opt.gram(grads, backend=backend, accumulate_dtype=accumulate)
+        _assert_gram_close(got, j, case.dtype, accumulate)
+
+
+def _outs(case: Case, grads, dtype: torch.dtype, fill: float = float("nan")):
+    if case.packed:
+        return torch.full((case.shapes[0][0],), fill, dtype=dtype)
+    outs = []
+    for shape in case.shapes:
+        o = torch.full(shape, fill, dtype=dtype)
+        if case.noncontiguous and len(shape) == 2:
+            o = torch.full(shape[::-1], fill, dtype=dtype).T
+        outs.append(o)
+    return outs
+
+
+def _assert_combined(case, outs, j, a, start, out_dtype) -> None:
+    """Check ``outs`` = start + Σ a_k g_k within the rounding of the output and the compute."""
+    want = a.double() @ j
+    size = (a.double().abs()[:, None] * j.abs()).sum(0)
+    if start is not None:
+        want = want + start
+        size = size + start.abs()
+    flat = outs.double() if case.packed else torch.cat([o.reshape(-1).double() for o in outs])
+    # Tensors no objective reaches are zero columns of j: written as zeros, or left as they
+    # are when accumulating.
+    compute = _UNIT[torch.float64] if torch.float64 in (case.dtype, out_dtype) else 2.0**-24
+    tol = _UNIT[out_dtype] * want.abs() + compute * (case.k + 2) * size + 1e-300
+    assert not bool(flat.isnan().any()), "an output element was not written"
+    err = (flat - want).abs()
+    assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_combine_matches_reference(case: Case, backend: str) -> None:
+    _need(backend)
+    grads = _make(case)
+    j = _flat64(grads, case)
+    a = torch.linspace(-1.0, 2.0, case.k, dtype=torch.float64)
+    for out_dtype in {case.dtype, torch.float32}:
+        outs = _outs(case, grads, out_dtype)  # poisoned: every element must be written
+        returned = conflict_opt.combine_(outs, grads, a, backend=backend)
+        assert returned is outs
+        _assert_combined(case, outs, j, a, None, out_dtype)
+        # Accumulating adds to what is there.
+        start = _outs(case, grads, out_dtype, fill=0.5)
+        conflict_opt.combine_(start, grads, a, backend=backend, accumulate=True)
+        base = torch.full((j.shape[1],), 0.5, dtype=torch.float64)
+        _assert_combined(case, start, j, a, base, out_dtype)
+
+
+SPLIT_CASES = [c for c in CASES if c.name in ("200tensors", "P65537-1tensor", "K12-two-tiles")]
+SPLIT_CASES += [c for c in CASES if c.name in ("noncontiguous", "dtype-bfloat16", "dtype-float64")]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c.name)
+def test_many_blocks_and_chunks(case: Case, backend: str, monkeypatch) -> None:
+    """Tiny blocks (torch) and chunks (triton) so that every tensor spans several of them, with
+    partial last blocks: the multi-block and multi-chunk branches, on the same answers."""
+    _need(backend)
+    monkeypatch.setattr(primitives, "_BLOCK_VALUES", 4 * 96)
+    monkeypatch.setattr(primitives, "_MAX_SLICE", 96)
+    if multi_tensor is not None:
+        monkeypatch.setattr(multi_tensor, "CHUNK", 100)
+    grads = _make(case)
+    j = _flat64(grads, case)
+    _assert_gram_close(conflict_opt.gram(grads, backend=backend), j, case.dtype, torch.float64)
+    a = torch.tensor([0.5, -1.5, 2.0, 0.25] * 5, dtype=torch.float64)[: case.k]
+    outs = _outs(case, grads, case.dtype)
+    conflict_opt.combine_(outs, grads, a, backend=backend)
+    _assert_combined(case, outs, j, a, None, case.dtype)
+
+
+# Inf · 0 in triton's interpreter is a numpy multiply, which warns: the NaN is the point here.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_values_propagate(backend: str, bad: float) -> None:
+    _need(backend)
+    grads = [
+        [torch.randn(50), torch.randn(3, 4)],
+        [torch.randn(50), None],
+        [torch.zeros(50), torch.randn(3, 4)],
+    ]
+    grads[1][0][17] = bad
+    h = conflict_opt.gram(grads, backend=backend)
+    assert not bool(torch.isfinite(h[1]).any()), h  # NaN·0 and Inf·0 are NaN, not 0
+    assert not bool(torch.isfinite(h[:, 1]).any()), h
+    assert bool(torch.isfinite(h[[0, 2]][:, [0, 2]]).all()), h
+    for a in ([0.2, 0.3, 0.5], [0.2, 0.0, 0.8]):
+        outs = [torch.zeros(50), torch.zeros(3, 4)]
+        conflict_opt.combine_(outs, grads, a, backend=backend)
+        assert not bool(torch.isfinite(outs[0][17])), outs[0][17]
+        rest = torch.cat([outs[0][:17], outs[0][18:], outs[1].reshape(-1)])
+        assert bool(torch.isfinite(rest).all())
+    # A NaN coefficient reaches every element, including those of an absent gradient.
+    outs = [torch.zeros(50), torch.zeros(3, 4)]
+    conflict_opt.combine_(outs, grads, [0.5, float("nan"), 0.5], backend=backend)
+    assert bool(outs[0].isnan().all()) and bool(outs[1].isnan().all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_combine_may_write_into_a_gradient(backend: str) -> None:
+    """``out`` may be one of the gradient tensors: every block is read before it is written."""
+    _need(backend)
+    gen = torch.Generator().manual_seed(3)
+    g1 = [torch.randn(1000, generator=gen), torch.randn(7, 3, generator=gen)]
+    g2 = [torch.randn(1000, generator=gen), torch.randn(7, 3, generator=gen)]
+    want = [0.25 * x + 0.75 * y for x, y in zip(g1, g2, strict=True)]
+    conflict_opt.combine_(g2, [g1, g2], [0.25, 0.75], backend=backend)
+    for got, w in zip(g2, want, strict=True):
+        torch.testing.assert_close(got, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_are_not_modified_and_empty_inputs(backend: str) -> None:
+    _need(backend)
+    grads = [[torch.randn(30), torch.randn(2, 2)], [torch.randn(30), torch.randn(2, 2)]]
+    before = [[x.clone() for x in row] for row in grads]
+    conflict_opt.gram(grads, backend=backend)
+    conflict_opt.combine_([torch.empty(30), torch.empty(2, 2)], grads, [1.0, 2.0], backend=backend)
+    for row, old in zip(grads, before, strict=True):
+        for x, y in zip(row, old, strict=True):
+            assert torch.equal(x, y)
+    # No parameters at all, or P = 0: a zero Gram and nothing to write.
+    assert torch.equal(conflict_opt.gram([[], []], backend=backend), torch.zeros(2, 2).double())
+    assert conflict_opt.combine_([], [[], []], [0.5, 0.5], backend=backend) == []
+    empty = torch.empty(3, 0)
+    assert torch.equal(conflict_opt.gram(empty, backend=backend), torch.zeros(3, 3).double())
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: conflict_opt.gram([]), "at least one objective"),
+        (lambda: conflict_opt.gram(torch.randn(5)), r"shape \[K, P\]"),
+        (lambda: conflict_opt.gram(torch.ones(2, 3, dtype=torch.int64)), "dtype=torch.int64"),
+        (lambda: conflict_opt.gram("grads"), "got str"),
+        (lambda: conflict_opt.gram([[torch.ones(2)], 3]), r"`grads\[1\]` must be a sequence"),
+        (lambda: conflict_opt.gram([[torch.ones(2)], []]), "has 1 tensors, `grads.1.` has 0"),
+        (
+            lambda: conflict_opt.gram([[torch.ones(2)], [torch.ones(3)]]),
+            r"shape \(2,\), `grads\[1\]\[0\]` has \(3,\)",
+        ),
+        (
+            lambda: conflict_opt.gram([[torch.ones(2)], [torch.ones(2).double()]]),
+            "torch.float32, `grads.1..0.` is torch.float64",
+        ),
+        (lambda: conflict_opt.gram([[torch.ones(2)], [[1.0, 2.0]]]), "got list"),
+        (
+            lambda: conflict_opt.gram([[torch.ones(2)], [torch.ones(2, device="meta")]]),
+            r"one device, got \['cpu', 'meta'\]",
+        ),
+        (
+            lambda: conflict_opt.gram([[torch.ones(2)]], accumulate_dtype=torch.float16),
+            "accumulate_dtype=torch.float16",
+        ),
+        (lambda: conflict_opt.gram([[torch.ones(2)]], backend="cuda"), "backend='cuda'"),
+        (
+            lambda: conflict_opt.combine_([torch.ones(2)], [[torch.ones(2)]], [1.0, 2.0]),
+            r"shape \[K\] = \[1\], got shape=\(2,\)",
+        ),
+        (
+            lambda: conflict_opt.combine_([], [[torch.ones(2)]], [1.0]),
+            "expected 1, got 0",
+        ),
+        (
+            lambda: conflict_opt.combine_([torch.ones(3)], [[torch.ones(2)]], [1.0]),
+            r"`out\[0\]` must have the gradients' shape \(2,\), got \(3,\)",
+        ),
+        (
+            lambda: conflict_opt.combine_(torch.ones(2), [[torch.ones(2)]], [1.0]),
+            "sequence of tensors",
+        ),
+        (
+            lambda: conflict_opt.combine_([torch.ones(2)], torch.ones(1, 2), [1.0]),
+            r"\[P\] tensor",
+        ),
+        (
+            lambda: conflict_opt.combine_(torch.ones(3), torch.ones(1, 2), [1.0]),
+            r"shape \[P\] = \[2\], got shape=\(3,\)",
+        ),
+        (
+            lambda: conflict_opt.combine_([None], [[torch.ones(2)]], [1.0]),
+            r"`out\[0\]` must be a torch.Tensor",
+        ),
+        (
+            lambda: conflict_opt.combine_([torch.ones(2)], [[torch.ones(2)]], [1.0], accumulate=1),
+            "accumulate=1",
+        ),
+        (
+            lambda: conflict_opt.combine_([torch.ones(2)], [[torch.ones(2)]], [True]),
+            "dtype=torch.bool",
+        ),
+    ],
+)
+def test_bad_input_raises_naming_the_value(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bad_input_leaves_out_untouched() -> None:
+    out = [torch.full((2,), 7.0), torch.full((3,), 7.0)]
+    with pytest.raises(ValueError):
+        conflict_opt.combine_(out, [[torch.ones(2), torch.ones(4)]], [1.0])
+    assert all(bool((o == 7.0).all()) for o in out)
+
+
+def test_auto_and_explicit_backend_selection(monkeypatch) -> None:
+    calls: list[str] = []
+    real_torch, real_ref = primitives._gram_torch, primitives._gram_reference
+    monkeypatch.setattr(
+        primitives, "_gram_torch", lambda g, a: calls.append("torch") or real_torch(g, a)
+    )
+    monkeypatch.setattr(primitives, "_gram_reference", lambda g: calls.append("ref") or real_ref(g))
+    grads = [[torch.ones(3)], [torch.arange(3.0)]]
+    conflict_opt.gram(grads)  # CPU tensors: auto is the torch path, even with triton around
+    conflict_opt.gram(grads, backend="reference")
+    assert calls == ["torch", "ref"]
+
+    monkeypatch.setenv(primitives.DISABLE_ENV, "1")
+    with pytest.raises(RuntimeError, match="disabled by CONFLICT_OPT_DISABLE_TRITON=1"):
+        conflict_opt.gram(grads, backend="triton")
+    with pytest.raises(RuntimeError, match="disabled"):
+        conflict_opt.combine_([torch.empty(3)], grads, [0.5, 0.5], backend="triton")
+    monkeypatch.delenv(primitives.DISABLE_ENV)
+
+    if multi_tensor is not None:
+        monkeypatch.setattr(multi_tensor, "INTERPRET", False)
+        with pytest.raises(RuntimeError, match="need CUDA tensors, got device cpu"):
+            conflict_opt.gram(grads, backend="triton")
+    monkeypatch.setitem(__import__("sys").modules, "conflict_opt.kernels.multi_tensor", None)
+    with pytest.raises(RuntimeError, match=r"pip install 'conflict-opt\[triton\]'"):
+        conflict_opt.gram(grads, backend="triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cuda_matches_reference_without_host_sync(backend: str) -> None:
+    if backend == "triton" and primitives.triton_unavailable(torch.device("cuda")):
+        pytest.skip("triton unavailable on CUDA")
+    case = next(c for c in CASES if c.name == "200tensors")
+    grads = _make(case)
+    j = _flat64(grads, case)
+    on_gpu = [[None if x is None else x.cuda() for x in row] for row in grads]
+    a = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64, device="cuda")
+    outs = [torch.full(s, float("nan"), device="cuda") for s in case.shapes]
+    conflict_opt.gram(on_gpu, backend=backend)  # warm-up: compile, cache chunk tables
+    conflict_opt.combine_(outs, on_gpu, a, backend=backend)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        h = conflict_opt.gram(on_gpu, backend=backend)
+        conflict_opt.combine_(outs, on_gpu, a, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    _assert_gram_close(h.cpu(), j, case.dtype, torch.float64)
+    _assert_combined(case, [o.cpu() for o in outs], j, a.cpu(), None, case.dtype)
