@@ -53,6 +53,9 @@ DISABLE_ENV = "CONFLICT_OPT_DISABLE_TRITON"
 # objective's slice is at most 2²⁰ values (see the precision note above).
 _BLOCK_VALUES = 1 << 21
 _MAX_SLICE = 1 << 20
+# Tensors of at least this many values are used in place (sliced, never copied): the per-op
+# cost of a few µs is then small against the data; smaller ones are packed into staging.
+_IN_PLACE = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -423,7 +426,7 @@ def _blocks(g: Grads, extra_dtype: Sequence[torch.dtype | None] | None = None) -
             continue
         other = None if extra_dtype is None else extra_dtype[t]
         cdt = _compute_dtype(dtype, other)
-        if n >= per // 2:
+        if n >= min(_IN_PLACE, per):
             # Big tensor: its own slices; a native slice is used in place, a 16-bit one staged.
             for start in range(0, n, per):
                 blocks.append(_Block([(t, start, min(per, n - start))], cdt, dtype != cdt))
@@ -455,14 +458,18 @@ class _Staging:
         meets them as NaN · 0 = NaN, as in the reference.
         """
         n = sum(length for _, _, length in block.pieces)
-        zeros = self._zeros(block.dtype, n)
         if not block.staged:
             (t, start, length) = block.pieces[0]
-            return [zeros if f is None else f[start : start + length] for f in flats[t]], None
+            return [
+                self._zeros(block.dtype, n) if f is None else f[start : start + length]
+                for f in flats[t]
+            ], None
         matrix = self._buffer(block.dtype, n)
         for k in range(self.k):
             parts = [
-                zeros[:length] if flats[t][k] is None else flats[t][k][start : start + length]
+                self._zeros(block.dtype, length)
+                if flats[t][k] is None
+                else flats[t][k][start : start + length]
                 for t, start, length in block.pieces
             ]
             if len(parts) == 1:
