@@ -14,6 +14,9 @@ from ._types import SolveResult as SolveResult
 from ._types import Status as Status
 from .diagnostics import Diagnostics as Diagnostics
 from .diagnostics import diagnostics as diagnostics
+from .optimizer import Aggregation as Aggregation
+from .optimizer import MultiObjectiveOptimizer as MultiObjectiveOptimizer
+from .optimizer import aggregate_ as aggregate_
 from .primitives import combine_ as combine_
 from .primitives import gram as gram
 from .solvers import check as check
@@ -22,13 +25,16 @@ from .solvers import solve as solve
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregation",
     "Backend",
     "Diagnostics",
     "Method",
+    "MultiObjectiveOptimizer",
     "SolveResult",
     "SolverError",
     "Status",
     "__version__",
+    "aggregate_",
     "check",
     "combine_",
     "diagnostics",

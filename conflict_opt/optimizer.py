@@ -1,0 +1,501 @@
+"""Conflict-averse multi-objective steps around any torch optimizer.
+
+:func:`aggregate_` is the math of one step: the Gram of K per-objective gradients
+(:func:`conflict_opt.gram`), the dual solve (:func:`conflict_opt.solve`), and Σ_k a_k g_k written
+into the parameters' ``.grad`` (:func:`conflict_opt.combine_`). :class:`MultiObjectiveOptimizer`
+gathers the gradients, calls it, and then calls the inner optimizer's own ``step()``; it never
+re-implements an update rule. docs/optimizer.md has the training loop, the memory modes, the
+accumulation policy, mixed precision and the benchmark table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+from ._types import BACKENDS, METHODS, Backend, Method, SolveResult
+from .diagnostics import diagnostics
+from .primitives import PRIMITIVE_BACKENDS, PrimitiveBackend, combine_, gram
+from .solvers import solve
+
+__all__ = ["Aggregation", "MultiObjectiveOptimizer", "aggregate_"]
+
+Mode = Literal["store", "gram_first"]
+Accumulation = Literal["per_step", "per_micro_batch"]
+MODES = ("store", "gram_first")
+ACCUMULATIONS = ("per_step", "per_micro_batch")
+
+
+class Aggregation(NamedTuple):
+    """What :func:`aggregate_` computed: the solve and the Gram it was given (``[K, K]``)."""
+
+    result: SolveResult
+    gram: torch.Tensor
+
+
+def _check_weights(weights: Any, k: int | None) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+    if w.ndim != 1 or w.numel() == 0:
+        raise ValueError(f"`weights` must be a non-empty [K] vector, got shape={tuple(w.shape)}.")
+    if k is not None and w.numel() != k:
+        raise ValueError(f"`weights` has {w.numel()} entries but there are K={k} objectives.")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError(f"`weights` must be finite and nonnegative, got weights={w.tolist()}.")
+    if abs(float(w.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"`weights` must sum to 1, got sum={float(w.sum()):.9g} ({w.tolist()}).")
+    return w
+
+
+def aggregate_(
+    params: Sequence[torch.Tensor],
+    per_objective_grads: Sequence[Sequence[torch.Tensor | None]],
+    weights: torch.Tensor | Sequence[float] | None = None,
+    *,
+    method: Method = "cagrad_clip",
+    c: float = 0.4,
+    backend: Backend = "auto",
+    primitive_backend: PrimitiveBackend = "auto",
+    accumulate: bool = False,
+) -> Aggregation:
+    r"""Write the conflict-averse combination of K gradients into ``params[t].grad``.
+
+    H = gram(per_objective_grads); a = solve(H, weights, method, c, backend).coeffs;
+    ``params[t].grad`` ← Σ_k a_k g_k[t] (``+=`` with ``accumulate``). A missing ``.grad`` is
+    allocated; a parameter that no objective reaches is left as it is (``.grad`` None after
+    ``zero_grad``, as after a plain backward). No host synchronisation: the coefficients stay
+    on the device.
+
+    Args:
+        params: the T parameters.
+        per_objective_grads: K sequences of T gradients (``None`` where objective k does not
+            reach parameter t), as returned by ``torch.autograd.grad(..., allow_unused=True)``.
+        weights: ``[K]`` user weights on the simplex (default uniform).
+        method, c, backend: as for :func:`conflict_opt.solve`.
+        primitive_backend: backend of :func:`conflict_opt.gram` and
+            :func:`conflict_opt.combine_`.
+        accumulate: add to the existing ``.grad`` instead of overwriting it.
+
+    Returns:
+        :class:`Aggregation` with the :class:`SolveResult` and the ``[K, K]`` float64 Gram.
+
+    Raises:
+        ValueError: mismatched counts or shapes (the message names them), bad weights or
+            options.
+
+    Example:
+        >>> import torch, conflict_opt
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> g = [[torch.tensor([1.0, 0.0])], [torch.tensor([-0.5, 1.0])]]
+        >>> agg = conflict_opt.aggregate_([w], g, [0.5, 0.5], method="linear")
+        >>> w.grad.tolist()
+        [0.25, 0.5]
+    """
+    params = list(params)
+    grads = [list(g) for g in per_objective_grads]
+    for k, g in enumerate(grads):
+        if len(g) != len(params):
+            raise ValueError(
+                f"objective {k} has {len(g)} gradients for {len(params)} parameters; pass one "
+                "per parameter (None where the objective does not reach it)."
+            )
+    h = gram(grads, backend=primitive_backend)
+    result = solve(h, weights, method=method, c=c, backend=backend, validate=False)
+    _write(params, grads, result.coeffs, primitive_backend, accumulate)
+    return Aggregation(result, h)
+
+
+def _write(
+    params: list[torch.Tensor],
+    grads: list[list[torch.Tensor | None]],
+    coeffs: torch.Tensor,
+    backend: PrimitiveBackend,
+    accumulate: bool,
+) -> None:
+    """combine_ into ``.grad``; a parameter no objective reaches keeps its ``.grad`` (None
+    after zero_grad), as after a plain ``backward``, so optimizers skip it as usual."""
+    reached = [t for t in range(len(params)) if any(g[t] is not None for g in grads)]
+    outs = []
+    for t in reached:
+        p = params[t]
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        outs.append(p.grad)
+    picked = [[g[t] for t in reached] for g in grads]
+    combine_(outs, picked, coeffs, backend=backend, accumulate=accumulate)
+
+
+class MultiObjectiveOptimizer:
+    r"""Wrap a ``torch.optim.Optimizer`` so that each step follows a conflict-averse direction.
+
+    Usage::
+
+        opt = MultiObjectiveOptimizer(torch.optim.AdamW(model.parameters()), [0.7, 0.3])
+        opt.zero_grad()
+        opt.backward([loss_1, loss_2])      # or a [K] tensor of scalar losses
+        opt.step()                          # or opt.step(losses) for both at once
+
+    ``backward`` gathers one gradient per objective over the trainable parameters (those with
+    ``requires_grad`` in the inner optimizer's groups, read at each call, so layers may be
+    frozen and unfrozen); ``step`` solves for the coefficients a, writes Σ a_k g_k into
+    ``.grad`` and calls the inner optimizer's ``step()``.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` instance (its param groups, LR schedulers and
+            state stay its own: attach schedulers to ``opt.optimizer``).
+        weights: ``[K]`` user weights on the simplex; default uniform over however many
+            losses are passed.
+        method, c, backend: as for :func:`conflict_opt.solve` (``"cagrad_clip"``, RACO).
+        primitive_backend: backend of the Gram and combination primitives.
+        mode: ``"store"`` (default) keeps the K per-objective gradients, one store of K×P
+            values, and needs K backward passes. ``"gram_first"`` keeps no store: it computes
+            the Gram from gradient norms by polarisation, H_ij = (‖g_i + g_j‖² − ‖g_i‖² −
+            ‖g_j‖²)/2, one backward pass per objective and per pair, then runs one backward
+            of Σ a_k L_k: K(K+1)/2 + 1 passes and at most one gradient alive at a time.
+        store_dtype: dtype of the store (``"store"`` mode), e.g. ``torch.bfloat16`` to halve
+            it; default: each parameter's dtype. The Gram accumulates in float64 regardless.
+        accumulation: ``"per_step"`` (default in store mode) sums per-objective gradients
+            over the micro-batches of a step and solves once in ``step()``;
+            ``"per_micro_batch"`` solves at every ``backward`` and sums the combined
+            directions into ``.grad`` (what the RACO authors' code does; the only choice in
+            ``"gram_first"`` mode, where gradients are never kept).
+        scaler: a ``torch.amp.GradScaler``. ``backward`` then scales the losses itself, the
+            Gram is unscaled before the solve, and ``step`` goes through ``scaler.step``, which
+            skips the inner step (writing nothing to the parameters) when a gradient is
+            inf/NaN. Call ``scaler.update()`` after ``step`` as usual.
+        check_finite: raise on a NaN/Inf loss before any gradient is computed (one host read
+            of the K losses per ``backward``), and skip a step whose Gram is non-finite
+            without a scaler (one read of the K×K Gram per solve). False: no host reads at
+            all; non-finite values then propagate.
+
+    ``last_info`` holds the diagnostics of the last solve as a dict of device tensors.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        weights: torch.Tensor | Sequence[float] | None = None,
+        *,
+        method: Method = "cagrad_clip",
+        c: float = 0.4,
+        backend: Backend = "auto",
+        primitive_backend: PrimitiveBackend = "auto",
+        mode: Mode = "store",
+        store_dtype: torch.dtype | None = None,
+        accumulation: Accumulation | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
+            )
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got method={method!r}.")
+        if backend not in BACKENDS:
+            raise ValueError(f"`backend` must be one of {BACKENDS}, got backend={backend!r}.")
+        if primitive_backend not in PRIMITIVE_BACKENDS:
+            raise ValueError(
+                f"`primitive_backend` must be one of {PRIMITIVE_BACKENDS}, got "
+                f"primitive_backend={primitive_backend!r}."
+            )
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < 1.0:
+            raise ValueError(f"`c` must be a real number in [0, 1), got c={c!r}.")
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got mode={mode!r}.")
+        if accumulation is None:
+            accumulation = "per_step" if mode == "store" else "per_micro_batch"
+        if accumulation not in ACCUMULATIONS:
+            raise ValueError(
+                f"`accumulation` must be one of {ACCUMULATIONS}, got accumulation={accumulation!r}."
+            )
+        if mode == "gram_first" and accumulation == "per_step":
+            raise ValueError(
+                "mode='gram_first' keeps no per-objective gradients, so it cannot sum them over "
+                "micro-batches: use accumulation='per_micro_batch' or mode='store'."
+            )
+        if store_dtype not in (None, torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"`store_dtype` must be a float dtype or None, got {store_dtype}.")
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise ValueError(f"`scaler` must be a torch.amp.GradScaler, got {type(scaler)}.")
+        self.optimizer = optimizer
+        self.weights = _check_weights(weights, None)
+        self.method, self.c, self.backend = method, float(c), backend
+        self.primitive_backend = primitive_backend
+        self.mode, self.store_dtype, self.accumulation = mode, store_dtype, accumulation
+        self.scaler, self.check_finite = scaler, check_finite
+        self.last_info: dict[str, torch.Tensor] = {}
+        self._store: dict[torch.Tensor, list[torch.Tensor | None]] = {}
+        self._k: int | None = None
+        self._pending = False  # backward ran since the last step
+        self._nonfinite: torch.Tensor | None = None  # any Gram of this step non-finite (device)
+        self.steps = 0
+
+    # ------------------------------------------------------------------ torch.optim interface
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the inner optimizer's gradients and the per-objective store."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._store.clear()
+        self._k = None
+        self._pending = False
+        self._nonfinite = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's state and the wrapper's (weights, options, counters)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "wrapper": {
+                "weights": None if self.weights is None else self.weights.clone(),
+                "method": self.method,
+                "c": self.c,
+                "backend": self.backend,
+                "primitive_backend": self.primitive_backend,
+                "mode": self.mode,
+                "store_dtype": self.store_dtype,
+                "accumulation": self.accumulation,
+                "check_finite": self.check_finite,
+                "steps": self.steps,
+            },
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output: inner optimizer state and wrapper state."""
+        if set(state_dict) != {"optimizer", "wrapper"}:
+            raise ValueError(
+                "expected a MultiObjectiveOptimizer state_dict with keys 'optimizer' and "
+                f"'wrapper', got keys {sorted(state_dict)}."
+            )
+        wrapper = state_dict["wrapper"]
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.weights = _check_weights(wrapper["weights"], None)
+        self.method, self.c = wrapper["method"], float(wrapper["c"])
+        self.backend, self.primitive_backend = wrapper["backend"], wrapper["primitive_backend"]
+        self.mode, self.store_dtype = wrapper["mode"], wrapper["store_dtype"]
+        self.accumulation, self.check_finite = wrapper["accumulation"], wrapper["check_finite"]
+        self.steps = int(wrapper["steps"])
+
+    # -------------------------------------------------------------------------- the step
+    def _trainable(self) -> list[torch.Tensor]:
+        seen: set[int] = set()
+        params = []
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def _losses(self, losses: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        if isinstance(losses, torch.Tensor):
+            if losses.ndim != 1:
+                raise ValueError(
+                    f"`losses` as a tensor must have shape [K], got shape={tuple(losses.shape)}."
+                )
+            items = list(losses.unbind(0))
+        elif isinstance(losses, Iterable):
+            items = list(losses)
+        else:
+            raise ValueError(f"`losses` must be a sequence or a [K] tensor, got {type(losses)}.")
+        if not items:
+            raise ValueError("`losses` must hold at least one loss, got none.")
+        for k, loss in enumerate(items):
+            if not isinstance(loss, torch.Tensor):
+                raise ValueError(f"loss {k} must be a tensor, got {type(loss).__name__}.")
+            if loss.numel() != 1:
+                raise ValueError(
+                    f"loss {k} must be a scalar, got shape={tuple(loss.shape)}; reduce it first."
+                )
+            if not loss.requires_grad:
+                raise ValueError(
+                    f"loss {k} does not require grad (was it computed under no_grad?)."
+                )
+        k = len(items)
+        if self.weights is not None and self.weights.numel() != k:
+            raise ValueError(f"got {k} losses for {self.weights.numel()} weights.")
+        if self._k is not None and self._k != k:
+            raise ValueError(
+                f"got {k} losses, but the earlier micro-batches of this step had {self._k}."
+            )
+        if self.check_finite:
+            values = torch.stack([loss.detach().reshape(()).float() for loss in items])
+            if not bool(torch.isfinite(values).all()):
+                raise FloatingPointError(
+                    f"non-finite loss: losses={values.tolist()}; nothing was computed or written."
+                )
+        items = [loss.reshape(()) for loss in items]
+        if self.scaler is not None:
+            items = [self.scaler.scale(loss) for loss in items]
+        return items
+
+    def _weights_for(self, k: int, device: torch.device) -> torch.Tensor:
+        if self.weights is None:
+            return torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
+        return self.weights.to(device)
+
+    def _unscale(self, h: torch.Tensor) -> torch.Tensor:
+        if self.scaler is None or not self.scaler.is_enabled():
+            return h
+        # The Gram of scaled gradients is S²·H; the solve is scale-invariant, the diagnostics
+        # are not. The scale lives on the device (GradScaler's own tensor): no host read.
+        scale = self.scaler._get_scale_async()  # private, but get_scale() reads to the host
+        return h / scale.to(h.dtype) ** 2
+
+    def backward(self, losses: Sequence[torch.Tensor] | torch.Tensor) -> None:
+        """Gather the per-objective gradients of ``losses`` (one micro-batch).
+
+        Raises:
+            ValueError: a non-scalar loss, a loss without grad, or a number of losses that
+                does not match the weights or the earlier micro-batches of this step.
+            FloatingPointError: a NaN/Inf loss (with ``check_finite``); nothing is written.
+        """
+        items = self._losses(losses)
+        k = len(items)
+        params = self._trainable()
+        self._k = k
+        if self.mode == "gram_first":
+            self._gram_first(items, params)
+        else:
+            grads = self._gradients(items, params)
+            if self.accumulation == "per_micro_batch":
+                self._solve_and_write(params, grads, accumulate=True)
+            else:
+                self._keep(params, grads)
+        self._pending = True
+
+    def _gradients(
+        self, items: list[torch.Tensor], params: list[torch.Tensor]
+    ) -> list[list[torch.Tensor | None]]:
+        grads = []
+        for i, loss in enumerate(items):
+            # The graph is kept until the last objective's pass, then freed.
+            g = torch.autograd.grad(
+                loss, params, retain_graph=i < len(items) - 1, allow_unused=True
+            )
+            if self.store_dtype is not None:
+                g = tuple(None if x is None else x.to(self.store_dtype) for x in g)
+            grads.append(list(g))
+        return grads
+
+    def _keep(self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> None:
+        k = len(grads)
+        for t, p in enumerate(params):
+            slot = self._store.get(p)
+            if slot is None:
+                self._store[p] = [grads[i][t] for i in range(k)]
+                continue
+            for i in range(k):
+                new = grads[i][t]
+                if new is None:
+                    continue
+                slot[i] = new if slot[i] is None else slot[i].add_(new)
+
+    def _solve_and_write(
+        self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], accumulate: bool
+    ) -> None:
+        k = len(grads)
+        h = self._unscale(gram(grads, backend=self.primitive_backend))
+        w = self._weights_for(k, h.device)
+        result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
+        _write(params, grads, result.coeffs, self.primitive_backend, accumulate)
+        self._record(h, w, result)
+
+    def _gram_first(self, items: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+        k = len(items)
+        device = items[0].device
+
+        def sq_norm(loss: torch.Tensor) -> torch.Tensor:
+            g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            present = [x for x in g if x is not None]
+            if not present:
+                return torch.zeros((), dtype=torch.float64, device=device)
+            return sum(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 for x in present)
+
+        diag = [sq_norm(loss) for loss in items]
+        h = torch.zeros(k, k, dtype=torch.float64, device=device)
+        for i in range(k):
+            h[i, i] = diag[i]
+            for j in range(i + 1, k):
+                h[i, j] = h[j, i] = 0.5 * (sq_norm(items[i] + items[j]) - diag[i] - diag[j])
+        h = self._unscale(h)
+        w = self._weights_for(k, device)
+        result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
+        coeffs = result.coeffs.to(items[0].dtype)
+        total = (torch.stack(items) * coeffs).sum()
+        if params:
+            total.backward(inputs=params)  # accumulates Σ a_k g_k into .grad; frees the graph
+        self._record(h, w, result)
+
+    def _record(self, h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> None:
+        bad = ~torch.isfinite(h).all()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        diag = diagnostics(h, w, result.coeffs, dual=result.dual)
+        norms = h.diagonal().clamp_min(0.0).sqrt()
+        outer = norms[:, None] * norms[None, :]
+        cos = torch.where(outer > 0, h / torch.where(outer > 0, outer, 1.0), 0.0)
+        self.last_info = {
+            "coeffs": result.coeffs,
+            "dual": result.dual,
+            "clipped": result.clipped,
+            "clipping_active": diag.clipping_active,
+            "pairwise_cosines": cos,
+            "directional": diag.directional,
+            "cosines": diag.cosines,
+            "relative_norm": diag.relative_norm,
+            "status": result.status,
+            "gap": result.gap,
+            "iterations": result.iterations,
+            "gram": h,
+        }
+
+    def step(self, losses: Sequence[torch.Tensor] | torch.Tensor | None = None) -> None:
+        """Solve (if not done per micro-batch), write ``.grad`` and call the inner step.
+
+        Args:
+            losses: shortcut for ``backward(losses)`` first.
+
+        Raises:
+            RuntimeError: no ``backward`` since the last step.
+        """
+        if losses is not None:
+            self.backward(losses)
+        if not self._pending:
+            raise RuntimeError("call backward(losses) (or step(losses)) before step().")
+        if self.mode == "store" and self.accumulation == "per_step":
+            params = [p for p in self._store if p.requires_grad]
+            k = self._k or 0
+            grads = [[self._store[p][i] for p in params] for i in range(k)]
+            self._solve_and_write(params, grads, accumulate=False)
+        nonfinite = self._nonfinite
+        self._reset()
+        if self.scaler is not None:
+            # GradScaler unscales .grad, checks it for inf/NaN and skips the inner step if so.
+            self.scaler.step(self.optimizer)
+        elif self.check_finite and nonfinite is not None and bool(nonfinite):
+            # As GradScaler does with inf/NaN gradients: nothing reaches the parameters.
+            self.last_info["skipped"] = torch.ones((), dtype=torch.bool)
+            self.steps += 1
+            return
+        else:
+            self.optimizer.step()
+        self.last_info["skipped"] = torch.zeros((), dtype=torch.bool)
+        self.steps += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiObjectiveOptimizer({type(self.optimizer).__name__}, method={self.method!r}, "
+            f"c={self.c}, mode={self.mode!r}, accumulation={self.accumulation!r})"
+        )

@@ -1,0 +1,398 @@
+"""MultiObjectiveOptimizer and aggregate_: equivalences with the inner optimizer, backend
+independence, memory modes, accumulation, mixed precision, state round trips, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import conflict_opt
+from conflict_opt import MultiObjectiveOptimizer, primitives
+
+try:
+    from conflict_opt.kernels import multi_tensor
+except ImportError:
+    multi_tensor = None
+
+
+class Net(nn.Module):
+    """A trunk, one head per objective, a layer no objective reaches, a zero-size parameter."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(4, 8)
+        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(k))
+        self.unused = nn.Linear(2, 2)
+        self.empty = nn.Parameter(torch.zeros(0))
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        z = torch.tanh(self.trunk(x))
+        out = []
+        for i, head in enumerate(self.heads):
+            target = y if i % 2 == 0 else -y
+            out.append((head(z).squeeze(-1) - target + 0.1 * i).pow(2).mean())
+        out[0] = out[0] + self.empty.sum()  # a zero-size parameter in the graph
+        return out
+
+
+def _data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(100 + step)
+    return torch.randn(16, 4, generator=gen), torch.randn(16, generator=gen)
+
+
+def _model(k: int = 3, seed: int = 0) -> Net:
+    torch.manual_seed(seed)
+    return Net(k)
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+}
+
+
+def _params(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_k1_reproduces_the_inner_optimizer_bitwise(name: str) -> None:
+    """K = 1 with method 'linear' or 'mgda': a = 1 exactly, so the steps are identical."""
+    for method in ("linear", "mgda"):
+        plain, wrapped = _model(1), _model(1)
+        opt_plain = OPTIMIZERS[name](plain.parameters())
+        opt = MultiObjectiveOptimizer(OPTIMIZERS[name](wrapped.parameters()), method=method)
+        for step in range(4):
+            x, y = _data(step)
+            opt_plain.zero_grad()
+            plain.losses(x, y)[0].backward()
+            opt_plain.step()
+            opt.zero_grad()
+            opt.step(wrapped.losses(x, y))
+            for a, b in zip(plain.parameters(), wrapped.parameters(), strict=True):
+                assert torch.equal(a, b), (method, step)
+
+
+def test_k1_cagrad_scales_the_step_by_one_plus_c() -> None:
+    """RACO's formula with K = 1: G_0 = g + c‖g‖ g/‖g‖ = (1 + c) g (no hidden rescaling)."""
+    model = _model(1)
+    before = model.trunk.weight.detach().clone()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), c=0.4)
+    x, y = _data(0)
+    grads = torch.autograd.grad(model.losses(x, y)[0], model.trunk.weight)
+    opt.step(model.losses(x, y))
+    torch.testing.assert_close(model.trunk.weight, before - 0.1 * 1.4 * grads[0])
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_linear_reproduces_the_inner_optimizer_on_the_weighted_sum(name: str) -> None:
+    w = [0.5, 0.3, 0.2]
+    plain, wrapped = _model(), _model()
+    opt_plain = OPTIMIZERS[name](plain.parameters())
+    opt = MultiObjectiveOptimizer(OPTIMIZERS[name](wrapped.parameters()), w, method="linear")
+    for step in range(5):
+        x, y = _data(step)
+        opt_plain.zero_grad()
+        sum(wi * loss for wi, loss in zip(w, plain.losses(x, y), strict=True)).backward()
+        opt_plain.step()
+        opt.zero_grad()
+        opt.step(torch.stack(wrapped.losses(x, y)))
+        # Σ w_k g_k summed by combine_ vs by autograd: same terms, another order (fp32).
+        for a, b in zip(plain.parameters(), wrapped.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _backend_options() -> list[dict]:
+    opts = [
+        {"backend": "closed_form", "primitive_backend": "torch"},
+        {"backend": "iterative", "primitive_backend": "torch"},
+        {"backend": "exact", "primitive_backend": "torch"},
+        {"backend": "closed_form", "primitive_backend": "reference"},
+    ]
+    if multi_tensor is not None and primitives.triton_unavailable(torch.device("cpu")) is None:
+        opts.append({"backend": "closed_form", "primitive_backend": "triton"})
+    return opts
+
+
+def _train(options: dict, steps: int = 6, name: str = "adam", **kw) -> list[list[torch.Tensor]]:
+    """Train with a layer frozen at step 2 and unfrozen at step 4; record the parameters."""
+    model = _model()
+    opt = MultiObjectiveOptimizer(
+        OPTIMIZERS[name](model.parameters()), [0.6, 0.3, 0.1], **options, **kw
+    )
+    history = []
+    for step in range(steps):
+        model.heads[1].weight.requires_grad_(step not in (2, 3))
+        x, y = _data(step)
+        opt.zero_grad()
+        opt.step(model.losses(x, y))
+        history.append(_params(model))
+        assert int(opt.last_info["status"]) <= int(conflict_opt.Status.INACCURATE)
+    return history
+
+
+@pytest.mark.exact
+def test_flipping_backends_gives_the_same_training() -> None:
+    runs = [_train(o) for o in _backend_options()]
+    for other in runs[1:]:
+        for step, (a_step, b_step) in enumerate(zip(runs[0], other, strict=True)):
+            for a, b in zip(a_step, b_step, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"step {step}")
+
+
+def test_unreached_frozen_and_empty_parameters() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    unused, frozen_before = _params(model.unused), model.heads[1].weight.detach().clone()
+    model.heads[1].weight.requires_grad_(False)
+    x, y = _data(0)
+    opt.zero_grad()
+    opt.step(model.losses(x, y))
+    assert model.heads[1].weight.grad is None
+    assert torch.equal(model.heads[1].weight, frozen_before)
+    for p, before in zip(model.unused.parameters(), unused, strict=True):
+        # Reached by no objective: no gradient, as after a plain backward; SGD skips it.
+        assert p.grad is None
+        assert torch.equal(p, before)
+    assert model.empty.grad is not None and model.empty.grad.numel() == 0
+
+
+@pytest.mark.parametrize(
+    ("losses", "error", "match"),
+    [
+        (lambda m, x, y: [torch.stack(m.losses(x, y))], ValueError, "must be a scalar"),
+        (lambda m, x, y: m.losses(x, y)[:2], ValueError, "got 2 losses for 3 weights"),
+        (lambda m, x, y: [], ValueError, "at least one loss"),
+        (lambda m, x, y: [*m.losses(x, y)[:2], torch.tensor(1.0)], ValueError, "require grad"),
+        (
+            lambda m, x, y: [*m.losses(x, y)[:2], m.losses(x, y)[2] * float("nan")],
+            FloatingPointError,
+            "non-finite loss",
+        ),
+        (lambda m, x, y: torch.ones(3, 1), ValueError, r"shape \[K\]"),
+        (lambda m, x, y: 3.0, ValueError, "sequence or a"),
+    ],
+)
+def test_bad_input_raises_and_leaves_parameters_untouched(losses, error, match) -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.Adam(model.parameters()), [0.5, 0.25, 0.25])
+    before = _params(model)
+    x, y = _data(0)
+    with pytest.raises(error, match=match):
+        opt.step(losses(model, x, y))
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+        assert a.grad is None
+    assert not opt.optimizer.state  # the inner optimizer never stepped
+
+
+def test_bad_options_raise() -> None:
+    params = [nn.Parameter(torch.zeros(2))]
+    sgd = torch.optim.SGD(params, lr=0.1)
+    for kwargs, match in [
+        ({"weights": [0.5, 0.6]}, "sum to 1"),
+        ({"weights": [-0.5, 1.5]}, "nonnegative"),
+        ({"method": "pcgrad"}, "method='pcgrad'"),
+        ({"c": 1.0}, "c=1.0"),
+        ({"mode": "lazy"}, "mode='lazy'"),
+        ({"mode": "gram_first", "accumulation": "per_step"}, "per_micro_batch"),
+        ({"store_dtype": torch.int8}, "store_dtype"),
+        ({"primitive_backend": "cuda"}, "primitive_backend='cuda'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            MultiObjectiveOptimizer(sgd, **kwargs)
+    with pytest.raises(ValueError, match=r"torch\.optim\.Optimizer"):
+        MultiObjectiveOptimizer(params)  # type: ignore[arg-type]
+    opt = MultiObjectiveOptimizer(sgd)
+    with pytest.raises(RuntimeError, match="before step"):
+        opt.step()
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    def run(model, opt, steps):
+        for step in steps:
+            x, y = _data(step)
+            opt.zero_grad()
+            opt.step(model.losses(x, y))
+
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.Adam(model.parameters(), lr=0.01), [0.6, 0.3, 0.1])
+    run(model, opt, range(3))
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(opt.state_dict())
+    run(model, opt, range(3, 6))
+
+    fresh = _model(seed=7)
+    fresh.load_state_dict(saved_model)
+    opt2 = MultiObjectiveOptimizer(torch.optim.Adam(fresh.parameters(), lr=0.5), method="mgda")
+    opt2.load_state_dict(saved_opt)
+    assert opt2.method == "cagrad_clip" and opt2.steps == 3
+    assert opt2.weights.tolist() == [0.6, 0.3, 0.1]
+    run(fresh, opt2, range(3, 6))
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="keys"):
+        opt2.load_state_dict(saved_opt["optimizer"])
+
+
+def test_store_modes_agree() -> None:
+    """bf16 store (fp32 Gram) and gram_first (polarised Gram, one Σ a_k L_k backward) take
+    the same steps as the full-precision store, to their precision."""
+    base = _train({}, name="sgd")
+    bf16 = _train({"store_dtype": torch.bfloat16}, name="sgd")
+    gram_first = _train({"mode": "gram_first"}, name="sgd")
+    for a_step, b_step, c_step in zip(base, bf16, gram_first, strict=True):
+        for a, b, c in zip(a_step, b_step, c_step, strict=True):
+            torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-3)
+            torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
+
+
+def test_gram_first_gram_matches_the_store_gram() -> None:
+    model = _model()
+    x, y = _data(0)
+    params = [p for p in model.parameters()]
+    grads = [
+        torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        for loss in model.losses(x, y)
+    ]
+    want = conflict_opt.gram(grads, backend="reference")
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), mode="gram_first")
+    opt.backward(model.losses(x, y))
+    torch.testing.assert_close(opt.last_info["gram"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_per_step_equals_one_big_batch() -> None:
+    """per_step: per-objective gradients summed over micro-batches, one solve: the same as a
+    single backward of the summed losses."""
+    one, two = _model(), _model()
+    opt_one = MultiObjectiveOptimizer(torch.optim.SGD(one.parameters(), lr=0.1))
+    opt_two = MultiObjectiveOptimizer(torch.optim.SGD(two.parameters(), lr=0.1))
+    (x1, y1), (x2, y2) = _data(0), _data(1)
+    opt_one.zero_grad()
+    opt_one.step([a + b for a, b in zip(one.losses(x1, y1), one.losses(x2, y2), strict=True)])
+    opt_two.zero_grad()
+    opt_two.backward(two.losses(x1, y1))
+    opt_two.backward(two.losses(x2, y2))
+    opt_two.step()
+    for a, b in zip(one.parameters(), two.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_accumulation_per_micro_batch_sums_directions() -> None:
+    model, ref = _model(), _model()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), accumulation="per_micro_batch"
+    )
+    opt.zero_grad()
+    expected = [torch.zeros_like(p) for p in ref.parameters()]
+    for step in (0, 1):
+        x, y = _data(step)
+        opt.backward(model.losses(x, y))
+        params = list(ref.parameters())
+        grads = [
+            torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+            for loss in ref.losses(x, y)
+        ]
+        for p in params:
+            p.grad = None
+        conflict_opt.aggregate_(params, grads, None)
+        for e, p in zip(expected, params, strict=True):
+            if p.grad is not None:
+                e += p.grad
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(torch.zeros_like(p) if p.grad is None else p.grad, e)
+    opt.step()
+
+
+def test_grad_scaler_unscales_and_skips_inf_steps() -> None:
+    plain, scaled = _model(), _model()
+    opt_plain = MultiObjectiveOptimizer(torch.optim.SGD(plain.parameters(), lr=0.1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(scaled.parameters(), lr=0.1), scaler=scaler)
+    x, y = _data(0)
+    opt_plain.zero_grad()
+    opt_plain.step(plain.losses(x, y))
+    opt.zero_grad()
+    opt.step(scaled.losses(x, y))
+    scaler.update()
+    torch.testing.assert_close(opt.last_info["gram"], opt_plain.last_info["gram"])
+    for a, b in zip(plain.parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # An overflowing step (inf gradient from a huge scale): skipped, scale reduced.
+    before = _params(scaled)
+    opt.zero_grad()
+    scaler.update(new_scale=torch.tensor(1e38))
+    opt.step(scaled.losses(x * 1e3, y))
+    scaler.update()
+    for a, b in zip(scaled.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+    assert scaler.get_scale() < 1e38
+
+
+def test_nonfinite_gradients_skip_the_step_without_scaler() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    before = _params(model)
+    x, y = _data(0)
+    model.trunk.weight.register_hook(lambda g: g * float("inf"))
+    opt.zero_grad()
+    opt.step(model.losses(x, y))
+    assert bool(opt.last_info["skipped"])
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_autocast_and_last_info() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.AdamW(model.parameters(), lr=0.01), [0.2, 0.3, 0.5])
+    before = _params(model)
+    x, y = _data(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.losses(x, y)
+    opt.zero_grad()
+    opt.step(losses)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    info = opt.last_info
+    assert set(info) >= {
+        "coeffs",
+        "dual",
+        "clipped",
+        "clipping_active",
+        "pairwise_cosines",
+        "directional",
+        "cosines",
+        "status",
+        "gap",
+        "skipped",
+    }
+    assert all(isinstance(v, torch.Tensor) for v in info.values())
+    assert info["coeffs"].shape == (3,) and info["pairwise_cosines"].shape == (3, 3)
+    torch.testing.assert_close(info["directional"], info["gram"] @ info["coeffs"].double())
+    torch.testing.assert_close(info["pairwise_cosines"].diagonal(), torch.ones(3).double())
+
+
+def test_lr_scheduler_and_zero_grad_behave_as_in_torch() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    sched = torch.optim.lr_scheduler.StepLR(opt.optimizer, step_size=1, gamma=0.5)
+    x, y = _data(0)
+    opt.zero_grad()
+    opt.step(model.losses(x, y))
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    opt.zero_grad(set_to_none=False)
+    reached = [p for p in model.parameters() if p.grad is not None]
+    assert len(reached) == 9 and all(not bool(p.grad.any()) for p in reached)
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_aggregate_rejects_mismatched_gradients() -> None:
+    p = nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="objective 1 has 2 gradients for 1 parameters"):
+        conflict_opt.aggregate_([p], [[torch.ones(2)], [torch.ones(2), None]])
