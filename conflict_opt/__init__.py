@@ -2,7 +2,9 @@
 
 Solvers are pure functions of the K×K Gram matrix of the per-objective gradients; see
 :func:`solve` and ``docs/solvers.md``. The Gram itself and the combined update Σ a_k g_k are
-computed by :func:`gram` and :func:`combine_` (``docs/kernels.md``).
+computed by :func:`gram` and :func:`combine_` (``docs/kernels.md``);
+:class:`MultiObjectiveOptimizer` wraps any torch optimizer with the whole step
+(``docs/optimizer.md``).
 """
 
 from __future__ import annotations

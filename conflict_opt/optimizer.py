@@ -379,15 +379,53 @@ class MultiObjectiveOptimizer:
     def _gradients(
         self, items: list[torch.Tensor], params: list[torch.Tensor]
     ) -> list[list[torch.Tensor | None]]:
+        if self.store_dtype is not None and any(p.dtype != self.store_dtype for p in params):
+            return self._gradients_converted(items, params)
         grads = []
         for i, loss in enumerate(items):
             # The graph is kept until the last objective's pass, then freed.
             g = torch.autograd.grad(
                 loss, params, retain_graph=i < len(items) - 1, allow_unused=True
             )
-            if self.store_dtype is not None:
-                g = tuple(None if x is None else x.to(self.store_dtype) for x in g)
             grads.append(list(g))
+        return grads
+
+    def _gradients_converted(
+        self, items: list[torch.Tensor], params: list[torch.Tensor]
+    ) -> list[list[torch.Tensor | None]]:
+        """Per-objective gradients converted to ``store_dtype`` parameter by parameter.
+
+        A post-accumulate hook moves each parameter's gradient into the store as soon as
+        autograd has produced it and drops the full-precision tensor, so at most one
+        parameter's full-precision gradient is in flight (autograd.grad would hold all of
+        them until the pass ends). Existing ``.grad`` values are set aside and restored.
+        """
+        dtype = self.store_dtype
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        grads: list[list[torch.Tensor | None]] = []
+        try:
+            for i, loss in enumerate(items):
+                out: list[torch.Tensor | None] = [None] * len(params)
+
+                def hook(p: torch.Tensor, t: int, out=out) -> None:
+                    out[t] = p.grad.to(dtype)
+                    p.grad = None
+
+                handles = [
+                    p.register_post_accumulate_grad_hook(lambda q, t=t, h=hook: h(q, t))
+                    for t, p in enumerate(params)
+                ]
+                try:
+                    loss.backward(inputs=params, retain_graph=i < len(items) - 1)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                grads.append(out)
+        finally:
+            for p, g in zip(params, saved, strict=True):
+                p.grad = g
         return grads
 
     def _keep(self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> None:

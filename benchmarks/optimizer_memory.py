@@ -1,0 +1,85 @@
+"""Peak memory of one training step per route (``optimizer_cases``), beyond model and batch.
+
+Each measurement runs in a fresh subprocess: build the model, batch and route (plain SGD, no
+optimizer state), read the peak resident memory (``ru_maxrss``), run one step, read it again.
+The difference is the step's own peak: activations, gradients, stores, copies (glibc's mmap
+threshold is fixed at 64 KiB so that freed memory leaves the resident set). The targets
+compare routes to ``plain`` in units of one K×P float32 store (K·P·4 bytes). CPU only. Run::
+
+    python benchmarks/optimizer_memory.py --out /tmp/opt_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ROUTES = (
+    "plain",
+    "ours-cagrad_clip-store",
+    "ours-cagrad_clip-bf16",
+    "ours-cagrad_clip-gram_first",
+    "torchjd-cagrad",
+    "research",
+)
+
+
+# glibc serves big allocations from mmap only up to a threshold that grows as memory is freed;
+# above it, freed blocks stay resident and blur the peak. A fixed threshold keeps RSS = live.
+ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def one(model: str, k: int, name: str) -> dict[str, object]:
+    import torch
+    from optimizer_cases import route, setup
+
+    torch.set_num_threads(int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", "2")))
+    s = setup(model, k)
+    call = route(name, s)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    call()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return {"model": model, "k": k, "route": name, "p": s.p, "peak_step_bytes": peak}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "K", "ROUTE"))
+    args = parser.parse_args(argv)
+    if args.one:
+        model, k, name = args.one
+        print(json.dumps(one(model, int(k), name)))
+        return 0
+    rows = []
+    for model in ("mlp", "transformer", "mlp_wide"):
+        for k in (2, 4):
+            plain = None
+            for name in ROUTES:
+                cmd = [sys.executable, __file__, "--one", model, str(k), name]
+                done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=ENV)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                store = 4 * k * row["p"]
+                if name == "plain":
+                    plain = row["peak_step_bytes"]
+                row["kp_store_bytes"] = store
+                row["above_plain_over_store"] = (row["peak_step_bytes"] - plain) / store
+                rows.append(row)
+                print(
+                    f"{model:12s} K={k} {name:28s} peak {row['peak_step_bytes'] / 2**20:8.1f} MiB, "
+                    f"above plain {row['above_plain_over_store']:+.2f} x K*P*4"
+                )
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Summarise a ``test_bench_optimizer.py`` run (and optionally ``optimizer_memory.py``'s).
+
+Prints the step-time table (ms, median) per model and K, the targets as ratios measured in the
+same run, and saves a JSON summary::
+
+    python benchmarks/report_optimizer.py /tmp/opt.json /tmp/opt_memory.json \\
+        --save benchmarks/results/optimizer_cpu.json
+
+Targets:
+
+* overhead: (``ours-*`` − ``k_backward_step``) / (``forward_backward`` − ``forward``) ≤ 0.10,
+  i.e. what the wrapper adds beyond its K backward passes, in units of one backward pass;
+* ``ours-cagrad_clip-store`` faster than ``torchjd-cagrad``, ``torchjd-upgrad`` and
+  ``research``;
+* memory: peak above ``plain`` ≤ 1 K×P float32 store (store mode), ≤ 0.5 (bfloat16 store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from optimizer_cases import ROUTES
+
+OVERHEAD_TARGET = 0.10
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    raw = json.loads(path.read_text())
+    return [{**b["extra_info"], "median_s": b["stats"]["median"]} for b in raw["benchmarks"]]
+
+
+def _t(rows: list[dict[str, Any]], model: str, k: int, name: str) -> float | None:
+    for r in rows:
+        if r["model"] == model and r["k"] == k and r["route"] == name:
+            return r["median_s"]
+    return None
+
+
+def targets(rows: list[dict[str, Any]], memory: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for model, k in sorted({(r["model"], r["k"]) for r in rows}):
+        fwd = _t(rows, model, k, "forward")
+        fb = _t(rows, model, k, "forward_backward")
+        kb = _t(rows, model, k, "k_backward_step")
+        if None in (fwd, fb, kb):
+            continue
+        backward = fb - fwd
+        for name in ROUTES:
+            if not name.startswith("ours-"):
+                continue
+            t = _t(rows, model, k, name)
+            if t is None:
+                continue
+            ratio = (t - kb) / backward
+            out.append(
+                {
+                    "target": "overhead beyond K backward passes / one backward <= 0.10",
+                    "model": model,
+                    "k": k,
+                    "route": name,
+                    "ratio": round(ratio, 3),
+                    "met": ratio <= OVERHEAD_TARGET,
+                }
+            )
+        ours = _t(rows, model, k, "ours-cagrad_clip-store")
+        for peer in ("torchjd-cagrad", "torchjd-upgrad", "research"):
+            t = _t(rows, model, k, peer)
+            if ours is None or t is None:
+                continue
+            out.append(
+                {
+                    "target": f"{peer} time / ours-cagrad_clip-store time > 1",
+                    "model": model,
+                    "k": k,
+                    "route": peer,
+                    "ratio": round(t / ours, 3),
+                    "met": t > ours,
+                }
+            )
+    for m in memory:
+        limit = {"ours-cagrad_clip-store": 1.0, "ours-cagrad_clip-bf16": 0.5}.get(m["route"])
+        if limit is None:
+            continue
+        out.append(
+            {
+                "target": f"peak above plain / (K·P·4 bytes) <= {limit}",
+                "model": m["model"],
+                "k": m["k"],
+                "route": m["route"],
+                "ratio": round(m["above_plain_over_store"], 3),
+                "met": m["above_plain_over_store"] <= limit,
+            }
+        )
+    return out
+
+
+def step_table(rows: list[dict[str, Any]]) -> str:
+    keys = sorted({(r["model"], r["k"], r["p"]) for r in rows})
+    header = ["route", *[f"{m} K={k}" for m, k, _ in keys]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in ROUTES:
+        cells = [f"`{name}`"]
+        for m, k, _ in keys:
+            t = _t(rows, m, k, name)
+            cells.append("–" if t is None else f"{1e3 * t:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    params = ", ".join(f"{m} K={k}: P = {p:,}" for m, k, p in keys)
+    return "Median ms per training step (" + params + ")\n\n" + "\n".join(lines)
+
+
+def memory_table(memory: list[dict[str, Any]]) -> str:
+    keys = sorted({(m["model"], m["k"]) for m in memory})
+    routes = list(dict.fromkeys(m["route"] for m in memory))
+    header = ["route", *[f"{model} K={k}" for model, k in keys]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in routes:
+        cells = [f"`{name}`"]
+        for model, k in keys:
+            m = next(
+                (x for x in memory if x["model"] == model and x["k"] == k and x["route"] == name),
+                None,
+            )
+            cells.append(
+                "–"
+                if m is None
+                else f"{m['peak_step_bytes'] / 2**20:.1f} MiB ({m['above_plain_over_store']:+.2f})"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "Peak memory of one step (MiB; in brackets: above `plain`, in K×P float32 stores)\n\n"
+        + "\n".join(lines)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench", type=Path)
+    parser.add_argument("memory", type=Path, nargs="?")
+    parser.add_argument("--save", type=Path)
+    args = parser.parse_args(argv)
+    rows = load(args.bench)
+    memory = json.loads(args.memory.read_text()) if args.memory else []
+    goals = targets(rows, memory)
+    print(step_table(rows))
+    print()
+    if memory:
+        print(memory_table(memory))
+        print()
+    print("| target | model | K | route | ratio | met |\n|---|---|---|---|---|---|")
+    for g in goals:
+        print(
+            f"| {g['target']} | {g['model']} | {g['k']} | {g['route']} | {g['ratio']} | "
+            f"{g['met']} |"
+        )
+    if args.save:
+        summary = {
+            "machine": {
+                "cpu": "2-core AMD EPYC VM",
+                "threads": rows[0]["threads"] if rows else None,
+            },
+            "targets": goals,
+            "steps": rows,
+            "memory": memory,
+        }
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

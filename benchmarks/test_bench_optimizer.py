@@ -1,0 +1,57 @@
+"""Time per training step of ``MultiObjectiveOptimizer`` beside plain training and its peers.
+
+Every route of ``optimizer_cases`` is timed on the same model, batch and K (the MLP and the
+small transformer, K ∈ {2, 3, 4}) in one run. ``report_optimizer.py`` turns the JSON into the
+table of docs/optimizer.md and the targets:
+
+* overhead of the wrapper beyond the K backward passes (its step minus ``k_backward_step``)
+  ≤ 10% of one backward pass (``forward_backward`` minus ``forward``);
+* faster than TorchJD's ``autojac.backward`` + ``jac_to_grad`` and than the research route;
+* peak memory ≤ one K×P store above plain training (half that with the bfloat16 store),
+  measured by ``optimizer_memory.py``.
+
+Run::
+
+    python -m pytest benchmarks/test_bench_optimizer.py --benchmark-json=/tmp/opt.json -q
+    python benchmarks/optimizer_memory.py --out /tmp/opt_memory.json
+    python benchmarks/report_optimizer.py /tmp/opt.json /tmp/opt_memory.json \\
+        --save benchmarks/results/optimizer_cpu.json
+
+``CONFLICT_OPT_BENCH_OPTIMIZER_THREADS`` (default: every core) sets torch's threads here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from optimizer_cases import KS, MODELS, ROUTES, route, setup
+
+THREADS = int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", str(os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("model", "k", "name"),
+    [pytest.param(m, k, r, id=f"{m}-K{k}-{r}") for m in MODELS for k in KS for r in ROUTES],
+)
+def test_step(benchmark: Any, model: str, k: int, name: str) -> None:
+    if name.startswith("torchjd"):
+        pytest.importorskip("torchjd")
+    if name == "research":
+        pytest.importorskip("scipy")
+    s = setup(model, k)
+    call = route(name, s)
+    benchmark.group = f"{model} K={k}"
+    benchmark.extra_info.update(model=model, k=k, route=name, p=s.p, threads=THREADS)
+    benchmark.pedantic(call, rounds=15, iterations=1, warmup_rounds=2)
