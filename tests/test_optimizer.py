@@ -119,7 +119,8 @@ def _backend_options() -> list[dict]:
 
 
 def _train(options: dict, steps: int = 6, name: str = "adam", **kw) -> list[list[torch.Tensor]]:
-    """Train with a layer frozen at step 2 and unfrozen at step 4; record the parameters."""
+    """Train with a layer frozen at step 2 and unfrozen at step 4; record the parameters and
+    the inner optimizer's state tensors after every step."""
     model = _model()
     opt = MultiObjectiveOptimizer(
         OPTIMIZERS[name](model.parameters()), [0.6, 0.3, 0.1], **options, **kw
@@ -130,7 +131,13 @@ def _train(options: dict, steps: int = 6, name: str = "adam", **kw) -> list[list
         x, y = _data(step)
         opt.zero_grad()
         opt.step(model.losses(x, y))
-        history.append(_params(model))
+        state = [
+            v.detach().clone()
+            for p in model.parameters()
+            for v in opt.state.get(p, {}).values()
+            if isinstance(v, torch.Tensor)
+        ]
+        history.append(_params(model) + state)
         assert int(opt.last_info["status"]) <= int(conflict_opt.Status.INACCURATE)
     return history
 
