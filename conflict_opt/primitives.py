@@ -447,6 +447,7 @@ class _Staging:
         self.k, self.device = k, device
         self._buffers: dict[torch.dtype, torch.Tensor] = {}
         self._zero_rows: dict[torch.dtype, torch.Tensor] = {}
+        self._results: dict[torch.dtype, torch.Tensor] = {}
 
     def fill(
         self, flats: list[tuple[torch.Tensor | None, ...]], block: _Block
@@ -484,6 +485,15 @@ class _Staging:
             have = torch.empty(self.k, n, dtype=dtype, device=self.device)
             self._buffers[dtype] = have
         return have[:, :n]
+
+    def result(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        """A reusable ``[n]`` output row: a fresh multi-MiB tensor per block would cost page
+        faults on every call (the allocator returns big blocks to the OS)."""
+        have = self._results.get(dtype)
+        if have is None or have.shape[0] < n:
+            have = torch.empty(n, dtype=dtype, device=self.device)
+            self._results[dtype] = have
+        return have[:n]
 
     def _zeros(self, dtype: torch.dtype, n: int) -> torch.Tensor:
         have = self._zero_rows.get(dtype)
@@ -530,11 +540,11 @@ def _combine_torch(
     for block in _blocks(g, [o.dtype for o in outs]):
         rows, matrix = staging.fill(flats, block)
         a_dt = coeffs[block.dtype]
+        total = staging.result(block.dtype, rows[0].shape[0])
         if matrix is not None:
-            total = a_dt @ matrix  # [K] @ [K, n], from cache
+            torch.mv(matrix.T, a_dt, out=total)  # [K] @ [K, n], from cache
         else:
-            (_, _, length) = block.pieces[0]
-            total = torch.mul(rows[0], a_dt[0])
+            torch.mul(rows[0], a_dt[0], out=total)
             for i in range(1, g.k):
                 total.addcmul_(rows[i], a_dt[i])
         offset = 0
