@@ -365,6 +365,10 @@ class MultiObjectiveOptimizer:
         items = self._losses(losses)
         k = len(items)
         params = self._trainable()
+        if not params:
+            raise ValueError(
+                "the wrapped optimizer has no parameter with requires_grad=True; nothing to train."
+            )
         self._k = k
         if self.mode == "gram_first":
             self._gram_first(items, params)
@@ -520,15 +524,19 @@ class MultiObjectiveOptimizer:
         nonfinite = self._nonfinite
         self._reset()
         if self.scaler is not None:
-            # GradScaler unscales .grad, checks it for inf/NaN and skips the inner step if so.
+            # GradScaler unscales .grad, checks it for inf/NaN and skips the inner step if so;
+            # whether it did is its own record (scaler.get_scale() drops after a skip), so
+            # last_info has no "skipped" entry here.
             self.scaler.step(self.optimizer)
-        elif self.check_finite and nonfinite is not None and bool(nonfinite):
+            self.last_info.pop("skipped", None)
+            self.steps += 1
+            return
+        if self.check_finite and nonfinite is not None and bool(nonfinite):
             # As GradScaler does with inf/NaN gradients: nothing reaches the parameters.
             self.last_info["skipped"] = torch.ones((), dtype=torch.bool)
             self.steps += 1
             return
-        else:
-            self.optimizer.step()
+        self.optimizer.step()
         self.last_info["skipped"] = torch.zeros((), dtype=torch.bool)
         self.steps += 1
 

@@ -217,6 +217,9 @@ def test_bad_options_raise() -> None:
     opt = MultiObjectiveOptimizer(sgd)
     with pytest.raises(RuntimeError, match="before step"):
         opt.step()
+    params[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter with requires_grad=True"):
+        opt.step([(torch.ones(2, requires_grad=True) * 2).sum()])
 
 
 def test_state_dict_round_trip_continues_identically() -> None:
