@@ -12,6 +12,8 @@ Backend = Literal["auto", "exact", "closed_form", "iterative"]
 
 METHODS: tuple[str, ...] = ("cagrad_clip", "cagrad", "mgda", "linear")
 BACKENDS: tuple[str, ...] = ("auto", "exact", "closed_form", "iterative")
+# The floating dtypes accepted for Grams, gradients and gradient stores.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class Status(enum.IntEnum):

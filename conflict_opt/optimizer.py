@@ -15,10 +15,10 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from ._types import BACKENDS, METHODS, Backend, Method, SolveResult
+from ._types import BACKENDS, FLOAT_DTYPES, METHODS, Backend, Method, SolveResult
 from .diagnostics import diagnostics
 from .primitives import PRIMITIVE_BACKENDS, PrimitiveBackend, combine_, gram
-from .solvers import solve
+from .solvers import _weights, solve
 
 __all__ = ["Aggregation", "MultiObjectiveOptimizer", "aggregate_"]
 
@@ -35,18 +35,15 @@ class Aggregation(NamedTuple):
     gram: torch.Tensor
 
 
-def _check_weights(weights: Any, k: int | None) -> torch.Tensor | None:
+def _check_weights(weights: Any) -> torch.Tensor | None:
+    """``weights`` as a float64 CPU vector, checked by the solver's own simplex validation."""
     if weights is None:
         return None
     w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
     if w.ndim != 1 or w.numel() == 0:
         raise ValueError(f"`weights` must be a non-empty [K] vector, got shape={tuple(w.shape)}.")
-    if k is not None and w.numel() != k:
-        raise ValueError(f"`weights` has {w.numel()} entries but there are K={k} objectives.")
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError(f"`weights` must be finite and nonnegative, got weights={w.tolist()}.")
-    if abs(float(w.sum()) - 1.0) > 1e-6:
-        raise ValueError(f"`weights` must sum to 1, got sum={float(w.sum()):.9g} ({w.tolist()}).")
+    k = w.numel()
+    _weights(w, torch.zeros(k, k, dtype=torch.float64), validate=True)  # raises on bad weights
     return w
 
 
@@ -217,12 +214,12 @@ class MultiObjectiveOptimizer:
                 "mode='gram_first' keeps no per-objective gradients, so it cannot sum them over "
                 "micro-batches: use accumulation='per_micro_batch' or mode='store'."
             )
-        if store_dtype not in (None, torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        if store_dtype is not None and store_dtype not in FLOAT_DTYPES:
             raise ValueError(f"`store_dtype` must be a float dtype or None, got {store_dtype}.")
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(f"`scaler` must be a torch.amp.GradScaler, got {type(scaler)}.")
         self.optimizer = optimizer
-        self.weights = _check_weights(weights, None)
+        self.weights = _check_weights(weights)
         self.method, self.c, self.backend = method, float(c), backend
         self.primitive_backend = primitive_backend
         self.mode, self.store_dtype, self.accumulation = mode, store_dtype, accumulation
@@ -281,7 +278,7 @@ class MultiObjectiveOptimizer:
             )
         wrapper = state_dict["wrapper"]
         self.optimizer.load_state_dict(state_dict["optimizer"])
-        self.weights = _check_weights(wrapper["weights"], None)
+        self.weights = _check_weights(wrapper["weights"])
         self.method, self.c = wrapper["method"], float(wrapper["c"])
         self.backend, self.primitive_backend = wrapper["backend"], wrapper["primitive_backend"]
         self.mode, self.store_dtype = wrapper["mode"], wrapper["store_dtype"]

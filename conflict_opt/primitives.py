@@ -35,6 +35,8 @@ from typing import Literal, Union
 
 import torch
 
+from ._types import FLOAT_DTYPES
+
 __all__ = ["PRIMITIVE_BACKENDS", "PrimitiveBackend", "combine_", "gram"]
 
 PrimitiveBackend = Literal["auto", "reference", "torch", "triton"]
@@ -44,7 +46,6 @@ PRIMITIVE_BACKENDS: tuple[str, ...] = ("auto", "reference", "torch", "triton")
 GradsLike = Union[torch.Tensor, Sequence[Union[torch.Tensor, Sequence[Union[torch.Tensor, None]]]]]  # noqa: UP007
 OutLike = Union[torch.Tensor, Sequence[torch.Tensor]]  # noqa: UP007
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ACCUMULATE_DTYPES = (torch.float32, torch.float64)
 DISABLE_ENV = "CONFLICT_OPT_DISABLE_TRITON"
 
@@ -77,7 +78,7 @@ class Grads:
 def _check_tensor(t: object, where: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{where} must be a torch.Tensor or None, got {type(t).__name__}.")
-    if t.dtype not in _DTYPES:
+    if t.dtype not in FLOAT_DTYPES:
         raise ValueError(
             f"{where} must be float16, bfloat16, float32 or float64, got dtype={t.dtype}."
         )

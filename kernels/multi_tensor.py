@@ -203,9 +203,20 @@ def _address_table(rows: list[list[torch.Tensor | None]], device: torch.device) 
     return _to_device(torch.tensor(addresses, dtype=torch.int64), device)
 
 
-def _contiguous(x: torch.Tensor | None) -> torch.Tensor | None:
-    # The kernels address a tensor as flat memory: a non-contiguous one is copied (by itself).
-    return None if x is None or x.is_contiguous() else x.contiguous()
+def _gradient_table(g: Grads, slots: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The ``[K, len(slots)]`` address table of ``slots``' gradients, and the contiguous copies
+    made for it (the caller keeps them alive until the launch). The kernels address a tensor
+    as flat memory, so a non-contiguous one is copied, by itself."""
+    copies: list[torch.Tensor] = []
+
+    def flat(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None or x.is_contiguous():
+            return x
+        copies.append(x.contiguous())
+        return copies[-1]
+
+    rows = [[flat(g.slots[t][i]) for t in slots] for i in range(g.k)]
+    return _address_table(rows, g.device), copies
 
 
 def gram(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
@@ -221,18 +232,8 @@ def gram(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
     for t, (dtype, n) in enumerate(zip(g.dtypes, g.numels, strict=True)):
         if dtype is not None and n > 0:
             by_dtype.setdefault(dtype, []).append(t)
-    keep_alive = []
     for dtype, slots in by_dtype.items():
-        cols = []
-        for t in slots:
-            col = []
-            for x in g.slots[t]:
-                y = _contiguous(x)
-                if y is not None:
-                    keep_alive.append(y)
-                col.append(x if y is None else y)
-            cols.append(col)
-        table = _address_table([[col[i] for col in cols] for i in range(k)], g.device)
+        table, keep_alive = _gradient_table(g, slots)
         chunks = _chunk_table(tuple(g.numels[t] for t in slots), CHUNK, g.device)
         n_chunks = chunks[0].numel()
         acc = (
@@ -258,7 +259,7 @@ def gram(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
         pairs = [(i, j) for i in range(tiles) for j in range(i, tiles)]
         for p, (ti, tj) in enumerate(pairs):
             total[ti * tile : (ti + 1) * tile, tj * tile : (tj + 1) * tile] += summed[p]
-    del keep_alive
+        del keep_alive
     upper = total[:k, :k].triu()
     return upper + upper.triu(1).T
 
@@ -279,18 +280,8 @@ def combine_(outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumula
         groups.setdefault((dtype, o.dtype), []).append(t)
     for (dtype, out_dtype), slots in groups.items():
         acc = torch.float64 if torch.float64 in (dtype, out_dtype) else torch.float32
-        keep_alive, cols, targets = [], [], []
-        for t in slots:
-            col = []
-            for x in g.slots[t]:
-                y = _contiguous(x)
-                if y is not None:
-                    keep_alive.append(y)
-                col.append(x if y is None else y)
-            cols.append(col)
-            o = outs[t]
-            targets.append(o if o.is_contiguous() else o.contiguous())
-        table = _address_table([[col[i] for col in cols] for i in range(k)], g.device)
+        table, keep_alive = _gradient_table(g, slots)
+        targets = [outs[t] if outs[t].is_contiguous() else outs[t].contiguous() for t in slots]
         out_table = _address_table([targets], g.device)[0]
         chunks = _chunk_table(tuple(g.numels[t] for t in slots), CHUNK, g.device)
         _combine_kernel[(chunks[0].numel(),)](

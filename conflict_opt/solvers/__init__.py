@@ -6,14 +6,21 @@ from collections.abc import Sequence
 
 import torch
 
-from .._types import BACKENDS, METHODS, Backend, Method, SolverError, SolveResult, Status
+from .._types import (
+    BACKENDS,
+    FLOAT_DTYPES,
+    METHODS,
+    Backend,
+    Method,
+    SolverError,
+    SolveResult,
+    Status,
+)
 from . import _problem
 from ._closed_form import solve_closed_form
 from ._iterative import solve_iterative
 
 __all__ = ["check", "solve"]
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _relative_tol(dtype: torch.dtype) -> float:
@@ -37,7 +44,7 @@ def _validate_options(method: str, backend: str, c: float, strict: bool) -> None
 def _validate_gram(gram: torch.Tensor, validate: bool) -> None:
     if not isinstance(gram, torch.Tensor):
         raise ValueError(f"`gram` must be a torch.Tensor, got {type(gram).__name__}.")
-    if gram.dtype not in _FLOAT_DTYPES:
+    if gram.dtype not in FLOAT_DTYPES:
         raise ValueError(f"`gram` must have a floating dtype, got dtype={gram.dtype}.")
     if gram.ndim < 2 or gram.shape[-1] != gram.shape[-2]:
         raise ValueError(f"`gram` must have shape [..., K, K], got shape={tuple(gram.shape)}.")
