@@ -15,11 +15,12 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,18 @@ THREADS = int(os.environ.get("CONFLICT_OPT_BENCH_THREADS", "1"))
 SLOW_ROUNDS = int(os.environ.get("CONFLICT_OPT_BENCH_SLOW_ROUNDS", "5"))
 
 torch.set_num_threads(THREADS)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads, then restore the previous count (the bandwidth
+    benchmarks use every core while the solver benchmarks pin one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

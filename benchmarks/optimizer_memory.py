@@ -2,8 +2,8 @@
 
 Each measurement runs in a fresh subprocess: build the model, batch and route (plain SGD, no
 optimizer state), read the peak resident memory (``ru_maxrss``), run one step, read it again.
-The difference is the step's own peak: activations, gradients, stores, copies (glibc's mmap
-threshold is fixed at 64 KiB so that freed memory leaves the resident set). The targets
+The difference is the step's own peak: activations, gradients, stores, copies (``rss_probe``
+fixes glibc's mmap threshold so that freed memory leaves the resident set). The targets
 compare routes to ``plain`` in units of one K×P float32 store (K·P·4 bytes). CPU only. Run::
 
     python benchmarks/optimizer_memory.py --out /tmp/opt_memory.json
@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rss_probe import peak_rss_bytes, run_child
 
 ROUTES = (
     "plain",
@@ -31,11 +30,6 @@ ROUTES = (
 )
 
 
-# glibc serves big allocations from mmap only up to a threshold that grows as memory is freed;
-# above it, freed blocks stay resident and blur the peak. A fixed threshold keeps RSS = live.
-ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-
-
 def one(model: str, k: int, name: str) -> dict[str, object]:
     import torch
     from optimizer_cases import route, setup
@@ -43,9 +37,9 @@ def one(model: str, k: int, name: str) -> dict[str, object]:
     torch.set_num_threads(int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", "2")))
     s = setup(model, k)
     call = route(name, s)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss_bytes()
     call()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    peak = peak_rss_bytes() - before
     return {"model": model, "k": k, "route": name, "p": s.p, "peak_step_bytes": peak}
 
 
@@ -63,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in (2, 4):
             plain = None
             for name in ROUTES:
-                cmd = [sys.executable, __file__, "--one", model, str(k), name]
-                done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=ENV)
-                row = json.loads(done.stdout.strip().splitlines()[-1])
+                row = run_child(__file__, model, k, name)
                 store = 4 * k * row["p"]
                 if name == "plain":
                     plain = row["peak_step_bytes"]

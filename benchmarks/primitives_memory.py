@@ -1,8 +1,9 @@
 """Peak memory of ``gram`` / ``combine_`` and their baselines, beyond the inputs and outputs.
 
-Each measurement runs in a fresh subprocess: it builds the inputs (``primitives_cases``) and the
-provider's call, reads the process's peak resident memory (``ru_maxrss``), calls the provider
-once, and reads the peak again; the difference is the call's own peak allocation. A provider
+Each measurement runs in a fresh subprocess (``rss_probe``): it builds the inputs
+(``primitives_cases``) and the provider's call, reads the process's peak resident memory
+(``ru_maxrss``), calls the provider once, and reads the peak again; the difference is the
+call's own peak allocation. A provider
 that materialises the K×P matrix shows about K·P·4 bytes (float32) or twice that (float64).
 CPU only: on CUDA ``torch.cuda.max_memory_allocated`` would be the measure. Run::
 
@@ -14,19 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rss_probe import peak_rss_bytes, run_child
 
 PROVIDERS = ("torch", "reference", "stack", "per_param", "torchjd")
 SELECTION = [(shape, k) for shape in ("P10M", "transformer") for k in (2, 8)]
-
-
-def _peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def one(kind: str, shape: str, k: int, provider: str) -> dict[str, object]:
@@ -36,9 +32,9 @@ def one(kind: str, shape: str, k: int, provider: str) -> dict[str, object]:
     torch.set_num_threads(int(os.environ.get("CONFLICT_OPT_BENCH_PRIMITIVE_THREADS", "2")))
     grads, p = inputs(k, shape)
     call = (gram_call if kind == "gram" else combine_call)(provider, grads, p)
-    before = _peak_bytes()
+    before = peak_rss_bytes()
     call()
-    extra = _peak_bytes() - before
+    extra = peak_rss_bytes() - before
     kp = 4 * k * p
     return {
         "kind": kind,
@@ -65,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("gram", "combine"):
         for shape, k in SELECTION:
             for provider in PROVIDERS:
-                cmd = [sys.executable, __file__, "--one", kind, shape, str(k), provider]
-                done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                row = json.loads(done.stdout.strip().splitlines()[-1])
+                row = run_child(__file__, kind, shape, k, provider)
                 rows.append(row)
                 print(
                     f"{kind:8s} {shape:12s} K={k} {provider:10s} "

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
+from conftest import torch_threads
 from optimizer_cases import KS, MODELS, ROUTES, route, setup
 
 THREADS = int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", str(os.cpu_count() or 1)))
@@ -35,10 +35,8 @@ THREADS = int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", str(os.cpu_
 
 @pytest.fixture(autouse=True)
 def _threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(THREADS):
+        yield
 
 
 @pytest.mark.parametrize(

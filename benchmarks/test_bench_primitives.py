@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import torch_threads
 from primitives_cases import (
     BIG,
     KS,
@@ -44,10 +45,8 @@ PROVIDERS = ("limit", "torch", "triton", "reference", "stack", "per_param", "tor
 
 @pytest.fixture(autouse=True)
 def _threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(THREADS):
+        yield
 
 
 def _params() -> list[Any]:
