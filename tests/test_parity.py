@@ -27,6 +27,7 @@ import torch
 
 import conflict_opt
 from conflict_opt import Status
+from conflict_opt.solvers import _host
 
 from . import helpers
 
@@ -105,6 +106,42 @@ def well_posed(case: helpers.Case, method: str) -> bool:
 PARAMS = [(k, method, b) for k in KS for method in METHODS for b in fast_backends(k)]
 
 
+def check_against_reference(
+    case: helpers.Case,
+    c: float,
+    method: str,
+    res: conflict_opt.SolveResult,
+    ref: conflict_opt.SolveResult,
+) -> bool:
+    """The checks of the module docstring for one unbatched answer; returns whether the
+    direction was compared (unique answers only)."""
+    p = res.dual.double().numpy()
+    p_ref = ref.dual.double().numpy()
+    status = Status(int(res.status))
+    assert status in (Status.OPTIMAL, Status.DEGENERATE), (case, c, status, res.gap)
+    assert Status(int(ref.status)) in (Status.OPTIMAL, Status.INACCURATE, Status.DEGENERATE)
+    assert (p >= 0).all() and abs(p.sum() - 1) < 1e-12, (case, p)
+    if status == Status.DEGENERATE:
+        np.testing.assert_allclose(res.coeffs.numpy(), case.weights, atol=1e-15)
+        return False
+    value, value_ref = objective(case, p, c, method), objective(case, p_ref, c, method)
+    assert abs(value - value_ref) <= 1e-9, (case, c, value, value_ref)
+    # The certificate bounds the distance to the best objective any backend reached.
+    assert float(res.gap) >= value - min(value, value_ref) - 1e-12, (case, c)
+    if not well_posed(case, method):
+        return False
+    a, a_ref = res.coeffs.double().numpy(), ref.coeffs.double().numpy()
+    d, d_ref = a @ case.grads, a_ref @ case.grads
+    gmax = np.sqrt(np.diag(case.gram).max())
+    tol = 1e-6 * np.linalg.norm(d_ref) + 1e-9 * gmax
+    assert np.linalg.norm(d - d_ref) <= tol, (case, c, a, a_ref)
+    return True
+
+
+def row(res: conflict_opt.SolveResult, i: int) -> conflict_opt.SolveResult:
+    return conflict_opt.SolveResult(*(field[i] for field in res))
+
+
 @pytest.mark.parametrize(("k", "method", "backend"), PARAMS)
 def test_fast_backend_matches_exact(k: int, method: str, backend: str) -> None:
     cases, cs = problems(k)
@@ -112,29 +149,42 @@ def test_fast_backend_matches_exact(k: int, method: str, backend: str) -> None:
     res = batched(k, method, backend)
     checked_direction = 0
     for i, (case, c) in enumerate(zip(cases, cs, strict=True)):
-        p = res.dual[i].double().numpy()
-        p_ref = ref.dual[i].double().numpy()
-        status = Status(int(res.status[i]))
-        assert status in (Status.OPTIMAL, Status.DEGENERATE), (case, c, status, res.gap[i])
-        assert Status(int(ref.status[i])) in (Status.OPTIMAL, Status.INACCURATE, Status.DEGENERATE)
-        assert (p >= 0).all() and abs(p.sum() - 1) < 1e-12, (case, p)
-        if status == Status.DEGENERATE:
-            np.testing.assert_allclose(res.coeffs[i].numpy(), case.weights, atol=1e-15)
-            continue
-        value, value_ref = objective(case, p, c, method), objective(case, p_ref, c, method)
-        assert abs(value - value_ref) <= 1e-9, (case, c, value, value_ref)
-        # The certificate bounds the distance to the best objective any backend reached.
-        assert float(res.gap[i]) >= value - min(value, value_ref) - 1e-12, (case, c)
-        if well_posed(case, method):
-            checked_direction += 1
-            a, a_ref = res.coeffs[i].numpy(), ref.coeffs[i].numpy()
-            d, d_ref = a @ case.grads, a_ref @ case.grads
-            gmax = np.sqrt(np.diag(case.gram).max())
-            tol = 1e-6 * np.linalg.norm(d_ref) + 1e-9 * gmax
-            assert np.linalg.norm(d - d_ref) <= tol, (case, c, a, a_ref)
+        checked_direction += check_against_reference(case, c, method, row(res, i), row(ref, i))
     # The direction check must not silently cover nothing.
     if k >= 2:
         assert checked_direction >= 10
+
+
+def ordinary(case: helpers.Case) -> bool:
+    """A problem the host path must answer itself: distinct, well-conditioned gradients."""
+    evals = np.linalg.eigvalsh(case.gram)
+    return case.kind not in ("duplicated", "opposite") and evals[0] > 1e-8 * evals[-1] > 0
+
+
+@pytest.mark.parametrize(("k", "method", "backend"), PARAMS)
+def test_host_path_matches_exact(k: int, method: str, backend: str) -> None:
+    """The unbatched CPU path (solvers/_host.py) on the same problems, checked the same way.
+
+    It answers only what it can certify OPTIMAL and hands the rest to the torch path (checked
+    above), so the other half of the property is coverage: it answers every ordinary problem,
+    or training loops would pay the torch path's milliseconds on every step.
+    """
+    cases, cs = problems(k)
+    ref = reference(k, method)
+    answered = ordinary_missed = 0
+    for i, (case, c) in enumerate(zip(cases, cs, strict=True)):
+        gram, weights = torch.tensor(case.gram), torch.tensor(case.weights)
+        res = _host.solve_host(gram, weights, method, c, backend, True)
+        if res is None:
+            ordinary_missed += ordinary(case)
+            continue
+        answered += 1
+        check_against_reference(case, c, method, res, row(ref, i))
+        # The dispatcher returns exactly this answer.
+        routed = conflict_opt.solve(gram, weights, method=method, c=c, backend=backend)
+        assert torch.equal(routed.coeffs, res.coeffs) and torch.equal(routed.dual, res.dual)
+    assert ordinary_missed == 0
+    assert answered >= PER_K // 5
 
 
 @functools.cache

@@ -18,14 +18,10 @@ from .._types import (
 )
 from . import _problem
 from ._closed_form import solve_closed_form
+from ._host import solve_host
 from ._iterative import solve_iterative
 
 __all__ = ["check", "solve"]
-
-
-def _relative_tol(dtype: torch.dtype) -> float:
-    """Tolerance for "clearly" asymmetric / indefinite / off-simplex input of ``dtype``."""
-    return max(1e-6, 64 * torch.finfo(dtype).eps)
 
 
 def _validate_options(method: str, backend: str, c: float, strict: bool) -> None:
@@ -57,7 +53,7 @@ def _validate_gram(gram: torch.Tensor, validate: bool) -> None:
     h = h[finite]
     if h.shape[0] == 0:
         return
-    tol = _relative_tol(gram.dtype)
+    tol = _problem.relative_tol(gram.dtype)
     magnitude = h.abs().flatten(-2).max(-1).values
     asym = (h - h.transpose(-1, -2)).abs().flatten(-2).max(-1).values
     bad = asym > tol * magnitude
@@ -198,6 +194,13 @@ def solve(
         True
     """
     _validate_options(method, backend, c, strict)
+    if isinstance(gram, torch.Tensor) and gram.ndim == 2 and gram.device.type == "cpu":
+        chosen = _select_backend(backend, gram.shape[-1])
+        if chosen != "exact":
+            # One problem on the host: certified OPTIMAL there, or None and the torch path below.
+            hosted = solve_host(gram, weights, method, float(c), chosen, validate)
+            if hosted is not None:
+                return hosted
     _validate_gram(gram, validate)
     w = _weights(weights, gram, validate)
     k = gram.shape[-1]

@@ -41,6 +41,11 @@ def tmv(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (v.unsqueeze(-2) @ m).squeeze(-2)
 
 
+def relative_tol(dtype: torch.dtype) -> float:
+    """Tolerance for "clearly" asymmetric / indefinite / off-simplex input of ``dtype``."""
+    return max(1e-6, 64 * torch.finfo(dtype).eps)
+
+
 def _roundoff(dtype: torch.dtype, k: int) -> float:
     """Relative size of round-off in a quadratic form of a trace-normalised Gram of ``dtype``."""
     return 8.0 * k * torch.finfo(dtype).eps
