@@ -33,6 +33,7 @@ import torch
 from conftest import BATCH, BATCH_K, EXACT_BATCH, KS, METHODS, SLOW_ROUNDS, C, Setup, helpers
 
 import conflict_opt
+from conflict_opt.solvers import _host, _select_backend
 
 BACKENDS = ("closed_form", "iterative", "exact", "auto")
 
@@ -62,6 +63,14 @@ def test_solve_single(
         )
 
     res = call()  # warm-up; this answer is the one scored
+    # Which path answered: the unbatched host solve, the torch path it hands problems to, or
+    # the cvxpy reference.
+    chosen = _select_backend(backend, k)
+    if chosen == "exact":
+        path = "cvxpy"
+    else:
+        hosted = _host.solve_host(pr.gram, pr.weights, method, C, chosen, validate)
+        path = "torch" if hosted is None else "host"
     benchmark(call)
     setup.record(
         benchmark,
@@ -76,6 +85,7 @@ def test_solve_single(
         validate=validate,
         iterations_max=int(res.iterations.max()),
         gap_max=float(res.gap.max()),
+        path=path,
     )
 
 

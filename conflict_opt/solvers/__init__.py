@@ -169,6 +169,10 @@ def solve(
         backend: ``"closed_form"`` (exact, K ≤ 3), ``"iterative"`` (batched interior point in
             torch, any K, on the Gram's device), ``"exact"`` (cvxpy + CLARABEL reference, CPU),
             or ``"auto"`` (closed form for K ≤ 3, iterative otherwise; never exact).
+            One unbatched ``[K, K]`` CPU Gram first goes to a host path (the closed form in
+            scalar Python; for ``"iterative"`` an exact active-set homotopy on LAPACK), which
+            answers only what it certifies OPTIMAL and hands the rest to the torch path; pass
+            ``gram[None]`` to force the torch path (``docs/solvers.md``, "Two paths").
         strict: raise :class:`SolverError` unless every problem is OPTIMAL or INACCURATE.
         validate: check symmetry, positive semidefiniteness and the simplex. This reads values
             (a host synchronisation on accelerators); hot loops that trust their input pass False.

@@ -48,6 +48,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+# Imported with the package, not on first use: 0.3 s and ~18 MiB of shared libraries that would
+# otherwise land inside the first training step.
+from scipy.linalg import lapack
+
 from .._types import FLOAT_DTYPES, SolveResult, Status
 from . import _problem
 
@@ -62,19 +66,6 @@ _MIN_DET = 1e-10
 # Budget of active-set pivots (or homotopy pieces) per problem: 10 per objective, plus 20.
 _PIVOTS_PER_K = 10
 
-_lapack = None
-
-
-def _lapack_module():
-    """scipy's LAPACK wrappers, imported on first use (the import costs ~0.1 s)."""
-    global _lapack
-    if _lapack is None:
-        from scipy.linalg import lapack
-
-        _lapack = lapack
-    return _lapack
-
-
 # --- input ---------------------------------------------------------------------------------------
 
 
@@ -83,7 +74,7 @@ def _weights_list(weights: torch.Tensor | Sequence[float] | None, k: int) -> lis
     if weights is None:
         return [1.0 / k] * k
     if isinstance(weights, torch.Tensor):
-        if weights.device.type != "cpu" or weights.ndim != 1:
+        if weights.device.type != "cpu" or weights.ndim != 1 or weights.requires_grad:
             return None
         values = weights.tolist()
     elif isinstance(weights, (list, tuple)):
@@ -301,7 +292,8 @@ def _interior(
 def _closed_form(
     h: list[list[float]], w: list[float], method: str, c: float, floor: float, zero: float
 ) -> tuple[list[float], list[float], list[float], float] | None:
-    """The closed form on a symmetric, trace-normalised ``h`` (K ≤ 3), certified, or ``None``."""
+    """The closed form on a symmetric, trace-normalised ``h`` (K ≤ 3): coefficients, dual,
+    clipped dual and certified gap (:func:`_finish`), or ``None`` for the torch path."""
     k = len(h)
     lengths = [math.sqrt(max(h[i][i], 0.0)) for i in range(k)]
 
@@ -337,7 +329,7 @@ def _closed_form(
 
 def _spd_solve(h: np.ndarray, rhs: np.ndarray) -> np.ndarray | None:
     """``h⁻¹ rhs`` by Cholesky (LAPACK dposv); ``None`` if ``h`` is not numerically PD."""
-    _, x, info = _lapack_module().dposv(h, rhs)
+    _, x, info = lapack.dposv(h, rhs)
     return x if info == 0 else None
 
 
@@ -466,6 +458,8 @@ def _active_set(
     zero: float,
     validate: bool,
 ) -> tuple[list[float], list[float], list[float], float, int] | None:
+    """The ``iterative`` backend on the host (module docstring): coefficients, dual, clipped
+    dual, certified gap and pieces (or pivots) walked, or ``None`` for the torch path."""
     k = gram.shape[-1]
     raw = gram.detach().to(torch.float64).numpy()
     if not np.isfinite(raw).all():
@@ -478,7 +472,6 @@ def _active_set(
     if not trace > 0.0:
         return None
     h = (raw + raw.T) * (0.5 / trace)
-    lapack = _lapack_module()
     chol, info = lapack.dpotrf(h)
     if info != 0:
         return None
@@ -585,7 +578,7 @@ def solve_host(
             sym = float(np.abs(raw - raw.T).max())
             if not sym <= tol * float(np.abs(raw).max()):
                 return None
-            if _lapack_module().dpotrf(0.5 * (raw + raw.T))[1] != 0:
+            if lapack.dpotrf(0.5 * (raw + raw.T))[1] != 0:
                 return None
         return _output(gram, w, w, w, 0.0, 0)
     solved = _active_set(gram, w, method, c, floor, zero, validate)
