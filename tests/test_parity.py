@@ -15,6 +15,9 @@ vertex, edge, uniform). For each problem and method, checked independently of th
   1e-9 max‖g_i‖, where it is unique (full-rank, well-conditioned Gram; interior weights for
   CAGrad-Clip, whose clip is discontinuous where some w_i = 0). The absolute term is a 1e-9
   error in p: MGDA's min-norm d can be orders of magnitude shorter than the gradients.
+
+Each problem is checked twice: in batches (the torch path) and one by one through the host path
+of unbatched CPU solves (solvers/_host.py), which must also answer every ordinary problem.
 """
 
 from __future__ import annotations
