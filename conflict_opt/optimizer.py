@@ -119,7 +119,8 @@ def _write(
     for t in reached:
         p = params[t]
         if p.grad is None:
-            p.grad = torch.zeros_like(p)
+            # combine_ writes every element unless it accumulates: no zero fill to pay for.
+            p.grad = torch.zeros_like(p) if accumulate else torch.empty_like(p)
         outs.append(p.grad)
     picked = [[g[t] for t in reached] for g in grads]
     combine_(outs, picked, coeffs, backend=backend, accumulate=accumulate)
