@@ -527,6 +527,24 @@ def _gram_torch(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
+def _direct_target(
+    work: list[torch.Tensor], block: _Block, rows: list[torch.Tensor]
+) -> torch.Tensor | None:
+    """The output slice of an unstaged single-piece block, if it can be written directly: the
+    output has the compute dtype (one rounding, as through the result row) and shares no
+    storage with the gradients it combines (``out`` may be one of them)."""
+    if len(block.pieces) != 1:
+        return None
+    t, start, length = block.pieces[0]
+    out = work[t]
+    if out.dtype != block.dtype or any(r.dtype != block.dtype for r in rows):
+        return None
+    ptr = out.untyped_storage().data_ptr()
+    if any(r.untyped_storage().data_ptr() == ptr for r in rows):
+        return None
+    return out.view(-1)[start : start + length]
+
+
 def _combine_torch(
     outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumulate: bool
 ) -> None:
@@ -538,16 +556,36 @@ def _combine_torch(
     flats = _flats(g)
     staging = _Staging(g.k, g.device)
     coeffs = {dt: a.to(dt) for dt in (torch.float32, torch.float64)}
+    # On CPU the coefficients are read as Python floats (a CPU tensor's values are already on
+    # the host), so that add_ takes them as alpha: one fused multiply-add pass, where addcmul_
+    # with a 0-dim tensor broadcasts it (measured 1.9× slower on 0.6M float32 values).
+    floats = a.tolist() if g.device.type == "cpu" else None
     for block in _blocks(g, [o.dtype for o in outs]):
         rows, matrix = staging.fill(flats, block)
         a_dt = coeffs[block.dtype]
+        scale = floats if floats is not None else list(a_dt.unbind())
+        direct = _direct_target(work, block, rows) if matrix is None else None
+        if direct is not None:
+            # A slice of one big tensor into an output of the compute dtype: written in place,
+            # without a result row and a copy pass (one pass less over the output).
+            if not accumulate:
+                torch.mul(rows[0], scale[0], out=direct)
+            for i in range(0 if accumulate else 1, g.k):
+                if floats is not None:
+                    direct.add_(rows[i], alpha=floats[i])
+                else:
+                    direct.addcmul_(rows[i], scale[i])
+            continue
         total = staging.result(block.dtype, rows[0].shape[0])
         if matrix is not None:
             torch.mv(matrix.T, a_dt, out=total)  # [K] @ [K, n], from cache
         else:
-            torch.mul(rows[0], a_dt[0], out=total)
+            torch.mul(rows[0], scale[0], out=total)
             for i in range(1, g.k):
-                total.addcmul_(rows[i], a_dt[i])
+                if floats is not None:
+                    total.add_(rows[i], alpha=floats[i])
+                else:
+                    total.addcmul_(rows[i], scale[i])
         offset = 0
         for t, start, length in block.pieces:
             target = work[t].view(-1)[start : start + length]

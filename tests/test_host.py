@@ -287,3 +287,31 @@ def test_nnqp_satisfies_its_kkt_conditions(seed: int, k: int) -> None:
     assert (q >= 0).all() and (q[~support] == 0).all()
     assert np.abs(grad[support]).max(initial=0.0) <= 1e-10 * scale
     assert grad[~support].max(initial=0.0) <= 1e-10 * scale
+
+
+def test_noncontiguous_and_grad_requiring_grams_are_read_as_values() -> None:
+    case = conflicting(4, seed=2)
+    base = torch.tensor(case.gram)
+    strided = torch.zeros(4, 8, dtype=torch.float64)[:, ::2]
+    strided.copy_(base)
+    assert not strided.is_contiguous()
+    ref = conflict_opt.solve(base, backend="iterative")
+    for gram in (strided, base.clone().requires_grad_(True), base.T):
+        res = conflict_opt.solve(gram, backend="iterative")
+        assert not res.coeffs.requires_grad
+        torch.testing.assert_close(res.coeffs, ref.coeffs, rtol=1e-12, atol=1e-14)
+
+
+def test_weights_requiring_grad_go_to_the_torch_path() -> None:
+    w = torch.tensor([0.5, 0.5], dtype=torch.float64, requires_grad=True)
+    assert _host.solve_host(torch.eye(2), w, "cagrad", 0.4, "closed_form", True) is None
+
+
+def test_more_objectives_than_max_k_go_to_the_torch_path() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((_host.MAX_K + 1, 2 * _host.MAX_K + 2))
+    gram = torch.tensor(g @ g.T)
+    assert _host.solve_host(gram, None, "mgda", 0.4, "iterative", False) is None
+    g = g[: _host.MAX_K]
+    res = _host.solve_host(torch.tensor(g @ g.T), None, "mgda", 0.4, "iterative", False)
+    assert res is not None

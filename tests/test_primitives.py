@@ -259,15 +259,19 @@ def test_nonfinite_values_propagate(backend: str, bad: float) -> None:
     assert bool(outs[0].isnan().all()) and bool(outs[1].isnan().all())
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_combine_may_write_into_a_gradient(backend: str) -> None:
-    """``out`` may be one of the gradient tensors: every block is read before it is written."""
+def test_combine_may_write_into_a_gradient(backend: str, accumulate: bool) -> None:
+    """``out`` may be one of the gradient tensors: every block is read before it is written.
+    The 70,000-value tensor is big enough for the torch path's in-place blocks, which write
+    straight into the output unless it shares storage with a gradient."""
     _need(backend)
     gen = torch.Generator().manual_seed(3)
-    g1 = [torch.randn(1000, generator=gen), torch.randn(7, 3, generator=gen)]
-    g2 = [torch.randn(1000, generator=gen), torch.randn(7, 3, generator=gen)]
-    want = [0.25 * x + 0.75 * y for x, y in zip(g1, g2, strict=True)]
-    conflict_opt.combine_(g2, [g1, g2], [0.25, 0.75], backend=backend)
+    shapes = [(1000,), (7, 3), (70_000,)]
+    g1 = [torch.randn(s, generator=gen) for s in shapes]
+    g2 = [torch.randn(s, generator=gen) for s in shapes]
+    want = [0.25 * x + 0.75 * y + (y if accumulate else 0) for x, y in zip(g1, g2, strict=True)]
+    conflict_opt.combine_(g2, [g1, g2], [0.25, 0.75], backend=backend, accumulate=accumulate)
     for got, w in zip(g2, want, strict=True):
         torch.testing.assert_close(got, w)
 
