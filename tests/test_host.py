@@ -80,6 +80,11 @@ def test_exact_backend_never_takes_the_host_path(monkeypatch: pytest.MonkeyPatch
     conflict_opt.solve(torch.tensor(case.gram), torch.tensor(case.weights), backend="exact")
 
 
+def test_a_non_square_gram_is_reported_as_such_before_any_backend_choice() -> None:
+    with pytest.raises(ValueError, match=r"shape \[\.\.\., K, K\]"):
+        conflict_opt.solve(torch.zeros(2, 5), backend="closed_form")
+
+
 def test_closed_form_still_refuses_more_than_three_objectives() -> None:
     case = conflicting(4)
     with pytest.raises(ValueError, match="K <= 3"):

@@ -198,7 +198,12 @@ def solve(
         True
     """
     _validate_options(method, backend, c, strict)
-    if isinstance(gram, torch.Tensor) and gram.ndim == 2 and gram.device.type == "cpu":
+    if (
+        isinstance(gram, torch.Tensor)
+        and gram.ndim == 2
+        and gram.shape[0] == gram.shape[1]
+        and gram.device.type == "cpu"
+    ):
         chosen = _select_backend(backend, gram.shape[-1])
         if chosen != "exact":
             # One problem on the host: certified OPTIMAL there, or None and the torch path below.
