@@ -111,19 +111,59 @@ def _write(
     coeffs: torch.Tensor,
     backend: PrimitiveBackend,
     accumulate: bool,
+    reuse: bool = False,
 ) -> None:
     """combine_ into ``.grad``; a parameter no objective reaches keeps its ``.grad`` (None
-    after zero_grad), as after a plain ``backward``, so optimizers skip it as usual."""
+    after zero_grad), as after a plain ``backward``, so optimizers skip it as usual.
+
+    ``reuse`` (the wrapper's own store, discarded after the step): a missing ``.grad`` becomes
+    one of the parameter's own gradient tensors, overwritten in place by the combination
+    (``combine_`` reads every block before writing it). That saves a fresh P-sized allocation,
+    its page faults and its memory.
+    """
     reached = [t for t in range(len(params)) if any(g[t] is not None for g in grads)]
+    # Which parameters' gradients live in each storage: autograd may hand one tensor to
+    # several parameters (the two inputs of an add), and such a tensor may not become a .grad.
+    owners: dict[int, set[int]] = {}
+    if reuse and not accumulate:
+        for t in reached:
+            for g in grads:
+                if g[t] is not None:
+                    owners.setdefault(g[t].untyped_storage().data_ptr(), set()).add(t)
     outs = []
     for t in reached:
         p = params[t]
         if p.grad is None:
-            # combine_ writes every element unless it accumulates: no zero fill to pay for.
-            p.grad = torch.zeros_like(p) if accumulate else torch.empty_like(p)
+            own = _reusable(p, [g[t] for g in grads], t, owners) if owners else None
+            if own is not None:
+                p.grad = own
+            else:
+                # combine_ writes every element unless it accumulates: no zero fill to pay for.
+                p.grad = torch.zeros_like(p) if accumulate else torch.empty_like(p)
         outs.append(p.grad)
     picked = [[g[t] for t in reached] for g in grads]
     combine_(outs, picked, coeffs, backend=backend, accumulate=accumulate)
+
+
+def _reusable(
+    p: torch.Tensor, slot: list[torch.Tensor | None], t: int, owners: dict[int, set[int]]
+) -> torch.Tensor | None:
+    """A gradient of ``p`` (parameter ``t``) that can serve as its ``.grad``: its storage holds
+    no other parameter's gradient (``combine_`` reads a parameter's inputs before writing its
+    output, not the other parameters'), it is dense (an expanded gradient aliases itself), and
+    it has ``p``'s dtype, shape and device, outside any graph."""
+    for g in slot:
+        if (
+            g is not None
+            and owners.get(g.untyped_storage().data_ptr()) == {t}
+            and g.is_contiguous()
+            and g.dtype == p.dtype
+            and g.shape == p.shape
+            and g.device == p.device
+            and not g.requires_grad
+        ):
+            return g
+    return None
 
 
 class MultiObjectiveOptimizer:
@@ -444,13 +484,17 @@ class MultiObjectiveOptimizer:
                 slot[i] = new if slot[i] is None else slot[i].add_(new)
 
     def _solve_and_write(
-        self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], accumulate: bool
+        self,
+        params: list[torch.Tensor],
+        grads: list[list[torch.Tensor | None]],
+        accumulate: bool,
+        reuse: bool = False,
     ) -> None:
         k = len(grads)
         h = self._unscale(gram(grads, backend=self.primitive_backend))
         w = self._weights_for(k, h.device)
         result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
-        _write(params, grads, result.coeffs, self.primitive_backend, accumulate)
+        _write(params, grads, result.coeffs, self.primitive_backend, accumulate, reuse)
         self._record(h, w, result)
 
     def _gram_first(self, items: list[torch.Tensor], params: list[torch.Tensor]) -> None:
@@ -518,7 +562,8 @@ class MultiObjectiveOptimizer:
             params = [p for p in self._store if p.requires_grad]
             k = self._k or 0
             grads = [[self._store[p][i] for p in params] for i in range(k)]
-            self._solve_and_write(params, grads, accumulate=False)
+            # The store is the wrapper's own and is dropped below: its tensors may become .grad.
+            self._solve_and_write(params, grads, accumulate=False, reuse=True)
         nonfinite = self._nonfinite
         self._reset()
         if self.scaler is not None:

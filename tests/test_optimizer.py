@@ -427,3 +427,69 @@ def test_bf16_store_keeps_accumulated_grad_across_micro_batches() -> None:
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-3)
+
+
+class Shared(nn.Module):
+    """Parameters whose gradients autograd hands out as one tensor (the two inputs of an add)
+    or as an expanded one (a parameter only summed): neither may become a reused .grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(5))
+        self.b = nn.Parameter(torch.randn(5))
+        self.c = nn.Parameter(torch.randn(5))
+        self.w = nn.Parameter(torch.randn(5, 5))
+
+    def losses(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s = self.a + self.b  # one gradient tensor for a and b
+        h = torch.tanh(x @ self.w)
+        return [
+            (h * s).sum() + self.c.sum(),  # c's gradient is expanded (stride 0)
+            ((h - s) ** 2).mean() - 2.0 * self.c.sum(),
+        ]
+
+
+def test_reused_store_gradients_give_the_same_step_as_fresh_grads() -> None:
+    """The wrapper writes the combination into its own store's gradient tensors where it is
+    safe (saving a P-sized allocation); the step must equal aggregate_ into fresh .grad."""
+    torch.manual_seed(0)
+    model = Shared()
+    ref = copy.deepcopy(model)
+    x = torch.randn(7, 5)
+    ga, gb = torch.autograd.grad(model.losses(x)[0], [model.a, model.b])
+    assert ga is gb  # the premise: autograd shares the tensor
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [0.3, 0.7])
+    opt.zero_grad()
+    opt.step(model.losses(x))
+
+    params = list(ref.parameters())
+    losses = ref.losses(x)
+    grads = [
+        [g.clone() for g in torch.autograd.grad(loss, params, retain_graph=True)]
+        for loss in losses
+    ]
+    conflict_opt.aggregate_(params, grads, [0.3, 0.7])
+    torch.optim.SGD(params, lr=0.1).step()
+    for p, q in zip(model.parameters(), params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert model.a.grad is not model.b.grad
+    assert model.a.grad.untyped_storage().data_ptr() != model.b.grad.untyped_storage().data_ptr()
+
+
+def test_store_gradients_become_grad_when_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For an ordinary layer the .grad after the step is one of autograd's own gradient
+    tensors: no second P-sized buffer is allocated for it."""
+    returned: list[int] = []
+    real = torch.autograd.grad
+
+    def spy(*args: object, **kwargs: object):
+        out = real(*args, **kwargs)
+        returned.extend(g.data_ptr() for g in out if g is not None)
+        return out
+
+    model = _model(2)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    opt.zero_grad()
+    opt.step(model.losses(*_data(0)))
+    assert model.trunk.weight.grad.data_ptr() in returned
