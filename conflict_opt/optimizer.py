@@ -161,9 +161,21 @@ def _reusable(
             and g.shape == p.shape
             and g.device == p.device
             and not g.requires_grad
+            and _sole_owner(g)
         ):
             return g
     return None
+
+
+def _sole_owner(g: torch.Tensor) -> bool:
+    """Whether no other tensor shares ``g``'s TensorImpl (a custom autograd Function may return
+    a tensor it saved, even the caller's own): PyTorch's AccumulateGrad makes the same check
+    before it steals a gradient into ``.grad``. ``Tensor._use_count`` is private torch API;
+    where it is missing nothing is reused."""
+    try:
+        return g._use_count() == 1
+    except AttributeError:
+        return False
 
 
 class MultiObjectiveOptimizer:

@@ -465,8 +465,7 @@ def test_reused_store_gradients_give_the_same_step_as_fresh_grads() -> None:
     params = list(ref.parameters())
     losses = ref.losses(x)
     grads = [
-        [g.clone() for g in torch.autograd.grad(loss, params, retain_graph=True)]
-        for loss in losses
+        [g.clone() for g in torch.autograd.grad(loss, params, retain_graph=True)] for loss in losses
     ]
     conflict_opt.aggregate_(params, grads, [0.3, 0.7])
     torch.optim.SGD(params, lr=0.1).step()
@@ -493,3 +492,31 @@ def test_store_gradients_become_grad_when_safe(monkeypatch: pytest.MonkeyPatch) 
     opt.zero_grad()
     opt.step(model.losses(*_data(0)))
     assert model.trunk.weight.grad.data_ptr() in returned
+
+
+class _GiveBack(torch.autograd.Function):
+    """d/dx (x·t).sum() = t, returned as the very tensor the caller passed in."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(t)
+        return (x * t).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        return t, None
+
+
+def test_gradients_owned_by_someone_else_are_never_overwritten() -> None:
+    """A custom Function may return the caller's tensor as a gradient; the wrapper must not
+    write the combination into it (AccumulateGrad's own rule for stealing gradients)."""
+    torch.manual_seed(0)
+    x = nn.Parameter(torch.randn(6))
+    user = torch.randn(6)
+    kept = user.clone()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD([x], lr=0.1), [0.5, 0.5])
+    opt.zero_grad()
+    opt.step([_GiveBack.apply(x, user), (x**2).sum()])
+    assert torch.equal(user, kept)
+    assert x.grad.data_ptr() != user.data_ptr()
