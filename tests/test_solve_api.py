@@ -321,3 +321,35 @@ def test_hot_path_has_no_host_synchronisation(backend: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert res.coeffs.is_cuda
+
+
+@pytest.mark.parametrize("backend", ["closed_form", "iterative"])
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "torch"])
+def test_roundoff_indefinite_low_precision_gram_is_certified(backend: str, batched: bool) -> None:
+    """Rounding a Gram to bfloat16 can leave it slightly indefinite (validation accepts that
+    as round-off). Every backend then solves the PSD projection the certificate measures, so
+    the answer is certified, and both backends give the same direction."""
+    rng = np.random.default_rng(4)
+    g = rng.standard_normal((3, 6))
+    g -= 0.5 * g.mean(0)  # conflicting, with an optimum on an edge
+    exact = g @ g.T
+    evals, evecs = np.linalg.eigh(exact)
+    # Push the smallest eigenvalue below zero by 1e-3 of the trace, as bf16 rounding can.
+    shifted = exact - (evals[0] + 1e-3 * evals.sum()) * np.outer(evecs[:, 0], evecs[:, 0])
+    gram = torch.tensor(shifted, dtype=torch.bfloat16)
+    assert np.linalg.eigvalsh(gram.double().numpy())[0] < 0
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    if batched:
+        res = conflict_opt.solve(gram[None], w[None], backend=backend)
+        res = conflict_opt.SolveResult(*(f[0] for f in res))
+    else:
+        res = conflict_opt.solve(gram, w, backend=backend)
+    assert Status(int(res.status)) == Status.OPTIMAL, (res.status, res.gap)
+    other = "iterative" if backend == "closed_form" else "closed_form"
+    ref = conflict_opt.solve(gram[None], w[None], backend=other)
+    h = gram.double().numpy()
+    diff = (res.coeffs.double() - ref.coeffs[0].double()).numpy()
+    # Directions compared in the (projected) Gram metric, relative to the update's size.
+    assert abs(diff @ h @ diff) <= 1e-10 * abs(
+        ref.coeffs[0].double().numpy() @ h @ ref.coeffs[0].double().numpy()
+    )

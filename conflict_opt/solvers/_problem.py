@@ -113,8 +113,18 @@ def prepare(gram: torch.Tensor, weights: torch.Tensor, method: str, c: float) ->
     # Eigenvalues at round-off level (those of an exact null direction come out as ±1e-17) are
     # zero: left in, their square roots (~3e-9) would floor ‖Rᵀp‖ at a zero-norm point.
     evals, evecs = torch.linalg.eigh(h)
-    evals = torch.where(evals > _roundoff(torch.float64, k) * evals[:, -1:], evals, 0.0)
+    cutoff = _roundoff(torch.float64, k) * evals[:, -1:]
+    indefinite = (evals < -cutoff).any(-1)
+    evals = torch.where(evals > cutoff, evals, 0.0)
     factor = evecs * evals.sqrt()[:, None, :]
+    # A Gram that round-off left indefinite beyond float64's own round-off (a bfloat16 Gram's
+    # rounding, which validation accepts) is replaced by the PSD matrix the factor represents:
+    # otherwise the closed form's edge formulas and the barrier's Hessian would solve another
+    # problem than the one the certificate measures, and the answer could not be certified.
+    # PSD Grams are left bit for bit as they are.
+    projected = factor @ factor.transpose(-1, -2)
+    projected = 0.5 * (projected + projected.transpose(-1, -2))
+    h = torch.where(indefinite[:, None, None], projected, h)
     g0_sq = norm_sq(factor, w)
     anchor_norm = g0_sq.sqrt()
     if method in ("cagrad", "cagrad_clip"):
