@@ -449,6 +449,19 @@ def _homotopy(
     return None
 
 
+def _symmetrised(gram: torch.Tensor, validate: bool) -> np.ndarray | None:
+    """The Gram in float64 as (H + Hᵀ)/2, or ``None`` if it has a non-finite entry or (with
+    ``validate``) fails the dispatcher's symmetry test."""
+    raw = gram.detach().to(torch.float64).numpy()
+    if not np.isfinite(raw).all():
+        return None
+    if validate:
+        magnitude = float(np.abs(raw).max())
+        if not float(np.abs(raw - raw.T).max()) <= _problem.relative_tol(gram.dtype) * magnitude:
+            return None
+    return 0.5 * (raw + raw.T)
+
+
 def _active_set(
     gram: torch.Tensor,
     w: list[float],
@@ -461,17 +474,13 @@ def _active_set(
     """The ``iterative`` backend on the host (module docstring): coefficients, dual, clipped
     dual, certified gap and pieces (or pivots) walked, or ``None`` for the torch path."""
     k = gram.shape[-1]
-    raw = gram.detach().to(torch.float64).numpy()
-    if not np.isfinite(raw).all():
+    sym = _symmetrised(gram, validate)
+    if sym is None:
         return None
-    if validate:
-        magnitude = float(np.abs(raw).max())
-        if not float(np.abs(raw - raw.T).max()) <= _problem.relative_tol(gram.dtype) * magnitude:
-            return None
-    trace = float(np.trace(raw))
+    trace = float(np.trace(sym))
     if not trace > 0.0:
         return None
-    h = (raw + raw.T) * (0.5 / trace)
+    h = sym * (1.0 / trace)
     chol, info = lapack.dpotrf(h)
     if info != 0:
         return None
@@ -572,16 +581,11 @@ def solve_host(
             return None
         return _output(gram, *solved, 0)
     if trivial:
-        raw = gram.detach().to(torch.float64).numpy()
-        if not np.isfinite(raw).all():
+        sym = _symmetrised(gram, validate)
+        # With validation the Gram must pass the dispatcher's checks; a Cholesky factor
+        # proves it PSD.
+        if sym is None or (validate and lapack.dpotrf(sym)[1] != 0):
             return None
-        if validate:
-            # The Gram must pass the dispatcher's checks; a Cholesky factor proves it PSD.
-            sym = float(np.abs(raw - raw.T).max())
-            if not sym <= tol * float(np.abs(raw).max()):
-                return None
-            if lapack.dpotrf(0.5 * (raw + raw.T))[1] != 0:
-                return None
         return _output(gram, w, w, w, 0.0, 0)
     solved = _active_set(gram, w, method, c, floor, zero, validate)
     if solved is None:
