@@ -545,6 +545,16 @@ def _direct_target(
     return out.view(-1)[start : start + length]
 
 
+def _add_scaled(dst: torch.Tensor, rows: list[torch.Tensor], scale: list, start: int) -> None:
+    """dst += Σ_{i ≥ start} scale_i · rows[i]: a Python-float scale as ``add_``'s alpha (one
+    fused pass), a 0-dim tensor through ``addcmul_`` (nothing read to the host)."""
+    for i in range(start, len(rows)):
+        if isinstance(scale[i], float):
+            dst.add_(rows[i], alpha=scale[i])
+        else:
+            dst.addcmul_(rows[i], scale[i])
+
+
 def _combine_torch(
     outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumulate: bool
 ) -> None:
@@ -560,32 +570,24 @@ def _combine_torch(
     # the host), so that add_ takes them as alpha: one fused multiply-add pass, where addcmul_
     # with a 0-dim tensor broadcasts it (measured 1.9× slower on 0.6M float32 values).
     floats = a.tolist() if g.device.type == "cpu" else None
+    scales = {dt: floats if floats is not None else list(c.unbind()) for dt, c in coeffs.items()}
     for block in _blocks(g, [o.dtype for o in outs]):
         rows, matrix = staging.fill(flats, block)
-        a_dt = coeffs[block.dtype]
-        scale = floats if floats is not None else list(a_dt.unbind())
+        a_dt, scale = coeffs[block.dtype], scales[block.dtype]
         direct = _direct_target(work, block, rows) if matrix is None else None
         if direct is not None:
             # A slice of one big tensor into an output of the compute dtype: written in place,
             # without a result row and a copy pass (one pass less over the output).
             if not accumulate:
                 torch.mul(rows[0], scale[0], out=direct)
-            for i in range(0 if accumulate else 1, g.k):
-                if floats is not None:
-                    direct.add_(rows[i], alpha=floats[i])
-                else:
-                    direct.addcmul_(rows[i], scale[i])
+            _add_scaled(direct, rows, scale, 0 if accumulate else 1)
             continue
         total = staging.result(block.dtype, rows[0].shape[0])
         if matrix is not None:
             torch.mv(matrix.T, a_dt, out=total)  # [K] @ [K, n], from cache
         else:
             torch.mul(rows[0], scale[0], out=total)
-            for i in range(1, g.k):
-                if floats is not None:
-                    total.add_(rows[i], alpha=floats[i])
-                else:
-                    total.addcmul_(rows[i], scale[i])
+            _add_scaled(total, rows, scale, 1)
         offset = 0
         for t, start, length in block.pieces:
             target = work[t].view(-1)[start : start + length]
