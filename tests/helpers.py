@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import conflict_opt
+
 KINDS = ("random", "aligned", "conflict", "duplicated", "opposite")
 WEIGHT_KINDS = ("interior", "vertex", "edge", "uniform")
 
@@ -117,3 +119,8 @@ def phi_scale(case: Case, method: str) -> float:
     if method == "mgda":
         return gmax
     return float(np.linalg.norm(case.weights @ case.grads)) * gmax
+
+
+def row(res: conflict_opt.SolveResult, i: int) -> conflict_opt.SolveResult:
+    """Problem ``i`` of a batched :class:`SolveResult`, as an unbatched one."""
+    return conflict_opt.SolveResult(*(field[i] for field in res))

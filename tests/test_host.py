@@ -35,8 +35,7 @@ def conflicting(k: int, seed: int = 0) -> helpers.Case:
 def torch_path(gram: torch.Tensor, weights, **kwargs) -> conflict_opt.SolveResult:
     """The batched torch path on one problem (a batch of one never takes the host path)."""
     w = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)[None]
-    res = conflict_opt.solve(gram[None], w, **kwargs)
-    return conflict_opt.SolveResult(*(field[0] for field in res))
+    return helpers.row(conflict_opt.solve(gram[None], w, **kwargs), 0)
 
 
 # --- routing -------------------------------------------------------------------------------------

@@ -141,10 +141,6 @@ def check_against_reference(
     return True
 
 
-def row(res: conflict_opt.SolveResult, i: int) -> conflict_opt.SolveResult:
-    return conflict_opt.SolveResult(*(field[i] for field in res))
-
-
 @pytest.mark.parametrize(("k", "method", "backend"), PARAMS)
 def test_fast_backend_matches_exact(k: int, method: str, backend: str) -> None:
     cases, cs = problems(k)
@@ -152,7 +148,8 @@ def test_fast_backend_matches_exact(k: int, method: str, backend: str) -> None:
     res = batched(k, method, backend)
     checked_direction = 0
     for i, (case, c) in enumerate(zip(cases, cs, strict=True)):
-        checked_direction += check_against_reference(case, c, method, row(res, i), row(ref, i))
+        got, want = helpers.row(res, i), helpers.row(ref, i)
+        checked_direction += check_against_reference(case, c, method, got, want)
     # The direction check must not silently cover nothing.
     if k >= 2:
         assert checked_direction >= 10
@@ -182,7 +179,7 @@ def test_host_path_matches_exact(k: int, method: str, backend: str) -> None:
             ordinary_missed += ordinary(case)
             continue
         answered += 1
-        check_against_reference(case, c, method, res, row(ref, i))
+        check_against_reference(case, c, method, res, helpers.row(ref, i))
         # The dispatcher returns exactly this answer.
         routed = conflict_opt.solve(gram, weights, method=method, c=c, backend=backend)
         assert torch.equal(routed.coeffs, res.coeffs) and torch.equal(routed.dual, res.dual)

@@ -341,7 +341,7 @@ def test_roundoff_indefinite_low_precision_gram_is_certified(backend: str, batch
     w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     if batched:
         res = conflict_opt.solve(gram[None], w[None], backend=backend)
-        res = conflict_opt.SolveResult(*(f[0] for f in res))
+        res = helpers.row(res, 0)
     else:
         res = conflict_opt.solve(gram, w, backend=backend)
     assert Status(int(res.status)) == Status.OPTIMAL, (res.status, res.gap)
