@@ -8,10 +8,14 @@ Both are bandwidth-bound: the least memory traffic is one read of the K·P gradi
 one write of P values for the combination). Three backends share one signature:
 
 * ``"reference"``: plain float64 torch on a concatenated K×P copy; the test oracle.
-* ``"torch"``: the fast path on any device. No K×P copy: the gradients are walked in blocks
-  small enough to stay in cache, so each value is read from memory once; big tensors are sliced,
-  small ones are packed together into one staging block (one op per objective, instead of a
-  few per tensor). Gram blocks use one dot product per pair i ≤ j (one triangle).
+* ``"torch"``: the fast path on any device, with no K×P copy. On CPU, float32 and float64
+  gradients go to the native kernels of ``conflict_opt._native`` (csrc/multi_tensor_cpu.c):
+  one multi-threaded pass over all tensors in cache-sized chunks, one triangle of register
+  tiles per chunk. Everything else (other devices, 16-bit or mixed dtypes, or every CPU
+  tensor with ``CONFLICT_OPT_DISABLE_NATIVE=1``) runs on torch ops: the gradients are walked
+  in blocks small enough to stay in cache, so each value is read from memory once; big tensors
+  are sliced, small ones packed together into one staging block (one op per objective, instead
+  of a few per tensor); Gram blocks use one dot product per pair i ≤ j (one triangle).
 * ``"triton"``: the kernels of :mod:`conflict_opt.kernels`: a multi-tensor Gram with a split-P
   reduction and symmetric tiles, and a multi-tensor combination writing in place. CUDA tensors,
   or CPU tensors under ``TRITON_INTERPRET=1`` (set before the kernels are first imported).
@@ -27,8 +31,10 @@ benchmark table.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
@@ -48,6 +54,24 @@ OutLike = Union[torch.Tensor, Sequence[torch.Tensor]]  # noqa: UP007
 
 _ACCUMULATE_DTYPES = (torch.float32, torch.float64)
 DISABLE_ENV = "CONFLICT_OPT_DISABLE_TRITON"
+NATIVE_DISABLE_ENV = "CONFLICT_OPT_DISABLE_NATIVE"
+
+try:
+    from . import _native
+except ImportError as _err:  # not built (Windows), or a broken build: see native_unavailable()
+    _native = None
+    _NATIVE_IMPORT_ERROR: str | None = f"{type(_err).__name__}: {_err}"
+else:
+    _NATIVE_IMPORT_ERROR = None
+# setup.py builds the extension everywhere but on Windows: elsewhere its absence is an error.
+_NATIVE_BUILT = sys.platform != "win32"
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+# Values per thread below which the native kernels use fewer threads (starting a thread costs
+# tens of µs, about what one thread needs for 2¹⁷ float32 values at memory bandwidth).
+_NATIVE_PER_THREAD = 1 << 17
+# Outputs of the combination of at least this many bytes (beyond this class of machine's caches)
+# are written with non-temporal stores: no read of their old contents into cache first.
+_NATIVE_STREAM_BYTES = 32 << 20
 
 # Values per block of the torch path, across all K objectives: 2²¹ values (8 MiB in float32)
 # stay in this class of machine's L2 + L3 while the K(K+1)/2 dot products re-read them. One
@@ -224,6 +248,37 @@ def triton_unavailable(device: torch.device) -> str | None:
         f"its kernels need CUDA tensors, got device {device} (CPU tensors run only in "
         "triton's interpreter: TRITON_INTERPRET=1 set before conflict_opt.kernels is imported)"
     )
+
+
+def native_unavailable() -> str | None:
+    """Why the torch backend does not use its native CPU kernels (None when it does).
+
+    They are used for float32 and float64 CPU tensors unless ``CONFLICT_OPT_DISABLE_NATIVE=1``,
+    and are not built on Windows. Anywhere else a missing or broken ``conflict_opt._native`` is
+    an error, raised by the first CPU call of the torch backend rather than covered up.
+    """
+    if os.environ.get(NATIVE_DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return f"they are disabled by {NATIVE_DISABLE_ENV}={os.environ[NATIVE_DISABLE_ENV]}"
+    if _native is None:
+        where = "" if _NATIVE_BUILT else " (not built on Windows)"
+        return f"conflict_opt._native is not importable{where}: {_NATIVE_IMPORT_ERROR}"
+    return None
+
+
+def _use_native(device: torch.device) -> bool:
+    """Whether the torch backend runs CPU float32/float64 work natively; raises for a broken
+    install (the extension should be there but is not), naming the way out."""
+    if device.type != "cpu":
+        return False
+    reason = native_unavailable()
+    if reason is None:
+        return True
+    if _native is None and _NATIVE_BUILT and NATIVE_DISABLE_ENV not in reason:
+        raise RuntimeError(
+            f"the torch backend's CPU kernels are missing: {reason}. Reinstall conflict-opt "
+            f"with a C compiler available, or set {NATIVE_DISABLE_ENV}=1 to run on torch ops."
+        )
+    return False
 
 
 def _select(backend: str, device: torch.device) -> str:
@@ -508,7 +563,76 @@ def _flats(g: Grads) -> list[tuple[torch.Tensor | None, ...]]:
     return [tuple(None if x is None else _flat(x) for x in slot) for slot in g.slots]
 
 
+def _subset(g: Grads, slots: list[int]) -> Grads:
+    """``g`` restricted to the given parameter slots."""
+    return dataclasses.replace(
+        g,
+        slots=tuple(g.slots[t] for t in slots),
+        shapes=tuple(g.shapes[t] for t in slots),
+        dtypes=tuple(g.dtypes[t] for t in slots),
+    )
+
+
+def _native_threads(values: int) -> int:
+    return max(1, min(torch.get_num_threads(), values // _NATIVE_PER_THREAD))
+
+
+def _native_rows(g: Grads, slots: list[int]) -> tuple[list[int], list[int], list[torch.Tensor]]:
+    """Data pointers (0 for None) and lengths of the given slots, piece-major, and the flat
+    tensors that must stay alive while the kernel reads them (a non-contiguous tensor is
+    copied, one at a time)."""
+    ptrs: list[int] = []
+    lens: list[int] = []
+    keep: list[torch.Tensor] = []
+    for t in slots:
+        lens.append(g.numels[t])
+        for x in g.slots[t]:
+            if x is None:
+                ptrs.append(0)
+            else:
+                flat = x.contiguous().view(-1)  # a copy only for a strided tensor
+                keep.append(flat)
+                ptrs.append(flat.data_ptr())
+    return ptrs, lens, keep
+
+
+def _gram_native(g: Grads, slots: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """The float64 Gram of the given slots (all of ``dtype``, float32 or float64), natively."""
+    ptrs, lens, keep = _native_rows(g, slots)
+    values = _native.gram(g.k, ptrs, lens, dtype == torch.float64, _native_threads(sum(lens) * g.k))
+    del keep
+    return torch.tensor(values, dtype=torch.float64).view(g.k, g.k)
+
+
+def _native_split(
+    g: Grads, eligible: Sequence[bool] | None = None
+) -> tuple[dict[torch.dtype, list[int]], list[int]]:
+    """Slots for the native kernels, by dtype, and the rest (empty and all-None slots dropped)."""
+    native: dict[torch.dtype, list[int]] = {}
+    rest: list[int] = []
+    for t, (dtype, n) in enumerate(zip(g.dtypes, g.numels, strict=True)):
+        if dtype is None or n == 0:
+            continue
+        if dtype in _NATIVE_DTYPES and (eligible is None or eligible[t]):
+            native.setdefault(dtype, []).append(t)
+        else:
+            rest.append(t)
+    return native, rest
+
+
 def _gram_torch(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
+    if not _use_native(g.device):
+        return _gram_torch_ops(g, accumulate_dtype)
+    native, rest = _native_split(g)
+    total = torch.zeros(g.k, g.k, dtype=torch.float64)
+    for dtype, slots in native.items():
+        total += _gram_native(g, slots, dtype)
+    if rest:
+        total += _gram_torch_ops(_subset(g, rest), torch.float64)
+    return total.to(accumulate_dtype)
+
+
+def _gram_torch_ops(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
     k = g.k
     pairs = [(i, j) for i in range(k) for j in range(i, k)]
     flats = _flats(g)
@@ -555,7 +679,81 @@ def _add_scaled(dst: torch.Tensor, rows: list[torch.Tensor], scale: list, start:
             dst.addcmul_(rows[i], scale[i])
 
 
+def _native_out(o: torch.Tensor, slot: tuple[torch.Tensor | None, ...], dtype: torch.dtype) -> bool:
+    """Whether the native combination can write ``o``: contiguous, of the gradients' dtype, and
+    either clear of their storage or exactly one of them (each chunk is read before it is
+    written)."""
+    if o.dtype != dtype or not o.is_contiguous():
+        return False
+    start = o.data_ptr()
+    end = start + o.numel() * o.element_size()
+    for x in slot:
+        if x is None:
+            continue
+        x_start = x.data_ptr()
+        if x_start == start and x.is_contiguous():
+            continue  # the same values: an exact alias
+        x_end = x_start + x.numel() * x.element_size() if x.is_contiguous() else None
+        if x_end is None:
+            # A strided gradient: compare its whole storage.
+            x_start = x.untyped_storage().data_ptr()
+            x_end = x_start + x.untyped_storage().nbytes()
+        if x_start < end and start < x_end:
+            return False
+    return True
+
+
+def _combine_native(
+    outs: tuple[torch.Tensor, ...],
+    g: Grads,
+    slots: list[int],
+    dtype: torch.dtype,
+    coeffs: list[float],
+    accumulate: bool,
+) -> None:
+    ptrs, lens, keep = _native_rows(g, slots)
+    values = sum(lens)
+    stream = values * torch.finfo(dtype).bits // 8 >= _NATIVE_STREAM_BYTES
+    out_ptrs = [outs[t].data_ptr() for t in slots]
+    _native.combine(
+        g.k,
+        ptrs,
+        lens,
+        dtype == torch.float64,
+        _native_threads(values * (g.k + 1)),
+        out_ptrs,
+        coeffs,
+        accumulate,
+        stream,
+    )
+    del keep
+
+
 def _combine_torch(
+    outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumulate: bool
+) -> None:
+    if not _use_native(g.device):
+        _combine_torch_ops(outs, g, a, accumulate)
+        return
+    eligible = [
+        d is not None and _native_out(o, slot, d)
+        for o, slot, d in zip(outs, g.slots, g.dtypes, strict=True)
+    ]
+    native, rest = _native_split(g, eligible)
+    if native:
+        coeffs = a.tolist()  # a CPU tensor: its values are already on the host
+        for dtype, slots in native.items():
+            _combine_native(outs, g, slots, dtype, coeffs, accumulate)
+    # Parameters no objective reaches get zeros (or are left alone), as on torch ops.
+    rest += [
+        t for t, (d, n) in enumerate(zip(g.dtypes, g.numels, strict=True)) if d is None or n == 0
+    ]
+    if rest:
+        rest.sort()
+        _combine_torch_ops(tuple(outs[t] for t in rest), _subset(g, rest), a, accumulate)
+
+
+def _combine_torch_ops(
     outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumulate: bool
 ) -> None:
     # Non-contiguous outputs are written through a contiguous copy (one tensor at a time).

@@ -30,13 +30,28 @@ try:
 except ImportError:  # the [triton] extra is not installed
     multi_tensor = None
 
-BACKENDS = ["reference", "torch", "triton"]
+# "torch-ops": the torch backend with its native CPU kernels disabled, so that its torch-ops
+# path (the one other devices and 16-bit dtypes take) is tested on CPU for every case too.
+BACKENDS = ["reference", "torch", "torch-ops", "triton"]
 _UNIT = {
     torch.float16: 2.0**-11,
     torch.bfloat16: 2.0**-8,
     torch.float32: 2.0**-24,
     torch.float64: 2.0**-53,
 }
+
+
+@pytest.fixture(autouse=True)
+def _torch_ops(request, monkeypatch) -> None:
+    """Disable the native kernels for the "torch-ops" variant of a test."""
+    params = getattr(request.node, "callspec", None)
+    if params is not None and params.params.get("backend") == "torch-ops":
+        monkeypatch.setenv(primitives.NATIVE_DISABLE_ENV, "1")
+
+
+def _b(backend: str) -> str:
+    """The backend argument of a (possibly "torch-ops") test variant."""
+    return "torch" if backend == "torch-ops" else backend
 
 
 def _need(backend: str) -> None:
@@ -156,7 +171,7 @@ def test_gram_matches_reference(case: Case, backend: str) -> None:
     grads = _make(case)
     j = _flat64(grads, case)
     for accumulate in (torch.float64, torch.float32):
-        got = conflict_opt.gram(grads, backend=backend, accumulate_dtype=accumulate)
+        got = conflict_opt.gram(grads, backend=_b(backend), accumulate_dtype=accumulate)
         _assert_gram_close(got, j, case.dtype, accumulate)
 
 
@@ -198,12 +213,12 @@ def test_combine_matches_reference(case: Case, backend: str) -> None:
     a = torch.linspace(-1.0, 2.0, case.k, dtype=torch.float64)
     for out_dtype in {case.dtype, torch.float32}:
         outs = _outs(case, grads, out_dtype)  # poisoned: every element must be written
-        returned = conflict_opt.combine_(outs, grads, a, backend=backend)
+        returned = conflict_opt.combine_(outs, grads, a, backend=_b(backend))
         assert returned is outs
         _assert_combined(case, outs, j, a, None, out_dtype)
         # Accumulating adds to what is there.
         start = _outs(case, grads, out_dtype, fill=0.5)
-        conflict_opt.combine_(start, grads, a, backend=backend, accumulate=True)
+        conflict_opt.combine_(start, grads, a, backend=_b(backend), accumulate=True)
         base = torch.full((j.shape[1],), 0.5, dtype=torch.float64)
         _assert_combined(case, start, j, a, base, out_dtype)
 
@@ -212,7 +227,7 @@ SPLIT_CASES = [c for c in CASES if c.name in ("200tensors", "P65537-1tensor", "K
 SPLIT_CASES += [c for c in CASES if c.name in ("noncontiguous", "dtype-bfloat16", "dtype-float64")]
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch-ops", "triton"])
 @pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: c.name)
 def test_many_blocks_and_chunks(case: Case, backend: str, monkeypatch) -> None:
     """Tiny blocks (torch) and chunks (triton) so that every tensor spans several of them, with
@@ -224,10 +239,10 @@ def test_many_blocks_and_chunks(case: Case, backend: str, monkeypatch) -> None:
         monkeypatch.setattr(multi_tensor, "CHUNK", 100)
     grads = _make(case)
     j = _flat64(grads, case)
-    _assert_gram_close(conflict_opt.gram(grads, backend=backend), j, case.dtype, torch.float64)
+    _assert_gram_close(conflict_opt.gram(grads, backend=_b(backend)), j, case.dtype, torch.float64)
     a = torch.tensor([0.5, -1.5, 2.0, 0.25] * 5, dtype=torch.float64)[: case.k]
     outs = _outs(case, grads, case.dtype)
-    conflict_opt.combine_(outs, grads, a, backend=backend)
+    conflict_opt.combine_(outs, grads, a, backend=_b(backend))
     _assert_combined(case, outs, j, a, None, case.dtype)
 
 
@@ -243,19 +258,19 @@ def test_nonfinite_values_propagate(backend: str, bad: float) -> None:
         [torch.zeros(50), torch.randn(3, 4)],
     ]
     grads[1][0][17] = bad
-    h = conflict_opt.gram(grads, backend=backend)
+    h = conflict_opt.gram(grads, backend=_b(backend))
     assert not bool(torch.isfinite(h[1]).any()), h  # NaN·0 and Inf·0 are NaN, not 0
     assert not bool(torch.isfinite(h[:, 1]).any()), h
     assert bool(torch.isfinite(h[[0, 2]][:, [0, 2]]).all()), h
     for a in ([0.2, 0.3, 0.5], [0.2, 0.0, 0.8]):
         outs = [torch.zeros(50), torch.zeros(3, 4)]
-        conflict_opt.combine_(outs, grads, a, backend=backend)
+        conflict_opt.combine_(outs, grads, a, backend=_b(backend))
         assert not bool(torch.isfinite(outs[0][17])), outs[0][17]
         rest = torch.cat([outs[0][:17], outs[0][18:], outs[1].reshape(-1)])
         assert bool(torch.isfinite(rest).all())
     # A NaN coefficient reaches every element, including those of an absent gradient.
     outs = [torch.zeros(50), torch.zeros(3, 4)]
-    conflict_opt.combine_(outs, grads, [0.5, float("nan"), 0.5], backend=backend)
+    conflict_opt.combine_(outs, grads, [0.5, float("nan"), 0.5], backend=_b(backend))
     assert bool(outs[0].isnan().all()) and bool(outs[1].isnan().all())
 
 
@@ -271,7 +286,7 @@ def test_combine_may_write_into_a_gradient(backend: str, accumulate: bool) -> No
     g1 = [torch.randn(s, generator=gen) for s in shapes]
     g2 = [torch.randn(s, generator=gen) for s in shapes]
     want = [0.25 * x + 0.75 * y + (y if accumulate else 0) for x, y in zip(g1, g2, strict=True)]
-    conflict_opt.combine_(g2, [g1, g2], [0.25, 0.75], backend=backend, accumulate=accumulate)
+    conflict_opt.combine_(g2, [g1, g2], [0.25, 0.75], backend=_b(backend), accumulate=accumulate)
     for got, w in zip(g2, want, strict=True):
         torch.testing.assert_close(got, w)
 
@@ -281,16 +296,18 @@ def test_inputs_are_not_modified_and_empty_inputs(backend: str) -> None:
     _need(backend)
     grads = [[torch.randn(30), torch.randn(2, 2)], [torch.randn(30), torch.randn(2, 2)]]
     before = [[x.clone() for x in row] for row in grads]
-    conflict_opt.gram(grads, backend=backend)
-    conflict_opt.combine_([torch.empty(30), torch.empty(2, 2)], grads, [1.0, 2.0], backend=backend)
+    conflict_opt.gram(grads, backend=_b(backend))
+    conflict_opt.combine_(
+        [torch.empty(30), torch.empty(2, 2)], grads, [1.0, 2.0], backend=_b(backend)
+    )
     for row, old in zip(grads, before, strict=True):
         for x, y in zip(row, old, strict=True):
             assert torch.equal(x, y)
     # No parameters at all, or P = 0: a zero Gram and nothing to write.
-    assert torch.equal(conflict_opt.gram([[], []], backend=backend), torch.zeros(2, 2).double())
-    assert conflict_opt.combine_([], [[], []], [0.5, 0.5], backend=backend) == []
+    assert torch.equal(conflict_opt.gram([[], []], backend=_b(backend)), torch.zeros(2, 2).double())
+    assert conflict_opt.combine_([], [[], []], [0.5, 0.5], backend=_b(backend)) == []
     empty = torch.empty(3, 0)
-    assert torch.equal(conflict_opt.gram(empty, backend=backend), torch.zeros(3, 3).double())
+    assert torch.equal(conflict_opt.gram(empty, backend=_b(backend)), torch.zeros(3, 3).double())
 
 
 @pytest.mark.parametrize(
@@ -409,12 +426,12 @@ def test_cuda_matches_reference_without_host_sync(backend: str) -> None:
     on_gpu = [[None if x is None else x.cuda() for x in row] for row in grads]
     a = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64, device="cuda")
     outs = [torch.full(s, float("nan"), device="cuda") for s in case.shapes]
-    conflict_opt.gram(on_gpu, backend=backend)  # warm-up: compile, cache chunk tables
-    conflict_opt.combine_(outs, on_gpu, a, backend=backend)
+    conflict_opt.gram(on_gpu, backend=_b(backend))  # warm-up: compile, cache chunk tables
+    conflict_opt.combine_(outs, on_gpu, a, backend=_b(backend))
     torch.cuda.set_sync_debug_mode("error")
     try:
-        h = conflict_opt.gram(on_gpu, backend=backend)
-        conflict_opt.combine_(outs, on_gpu, a, backend=backend)
+        h = conflict_opt.gram(on_gpu, backend=_b(backend))
+        conflict_opt.combine_(outs, on_gpu, a, backend=_b(backend))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     _assert_gram_close(h.cpu(), j, case.dtype, torch.float64)

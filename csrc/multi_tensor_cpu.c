@@ -1,0 +1,585 @@
+/*
+ * conflict_opt._native: the CPU kernels of the "torch" primitives backend.
+ *
+ * Two multi-tensor operations over K per-objective gradients spread across T parameter tensors
+ * (float32, or float64), reading every gradient value from memory once:
+ *
+ *   gram     H_ij = sum_t <g_i^t, g_j^t>, upper triangle i <= j, returned as K*K doubles;
+ *   combine  out_t = sum_k a_k g_k^t   (or out_t += ..., "accumulate"), written in place.
+ *
+ * Why native code: a K x K Gram costs about K/2 multiply-adds per value read. Torch's own ops
+ * either need the K x P concatenation (J @ J.T) or one call per pair and block, which re-reads
+ * every block from cache K+1 times and pays a few microseconds of dispatch per call. Here one
+ * loop walks the virtual concatenation of all tensors in chunks small enough for L1/L2, computes
+ * every pair of the chunk while it is in cache (register tiles of 4 x 4 rows), prefetches the
+ * next chunk meanwhile, and splits the range over threads. The combination writes big outputs
+ * with non-temporal stores (no read of the output's old contents into cache).
+ *
+ * Precision: float32 values are multiplied and summed in float32 within a chunk of at most
+ * CHUNK values (at least 16 lanes per pair, so each lane sums at most CHUNK / 16 products), then
+ * each chunk sum is added in float64. float64 stays float64 throughout. NaN and Inf propagate: the
+ * module is compiled with reassociation allowed (so that reductions vectorise) but without
+ * -ffinite-math-only. A null row pointer stands for a gradient of zeros (NaN * 0 stays NaN).
+ *
+ * The GIL is released while the kernels run. Threads are POSIX threads created per call; the
+ * caller decides how many (the Python side passes torch.get_num_threads(), and 1 for small P).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#define CHUNK 2048 /* values per row per chunk: K rows of 8 KiB (float32) stay in L1/L2 */
+#define MAX_THREADS 256
+#define MAX_K 256
+
+/* Function multi-versioning: an AVX-512 and an AVX2+FMA clone next to the baseline, picked at
+ * load time by the dynamic linker (GCC and Clang on x86-64 ELF). Elsewhere: one generic build. */
+#if defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__) && !defined(__INTEL_COMPILER)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+static const double zeros64[CHUNK];
+static const float zeros32[CHUNK];
+
+/* ---------------------------------------------------------------------------------------- */
+/* The work: T pieces, piece t has K row pointers and len[t] values.                          */
+
+typedef struct {
+    int k;
+    Py_ssize_t npieces;
+    const void **rows; /* npieces * k pointers, NULL for zeros */
+    void **outs;       /* npieces output pointers (combine only) */
+    const int64_t *len;
+    const double *coeffs; /* k coefficients (combine only) */
+    int is64;
+    int accumulate;
+    int stream; /* combine: write the output with non-temporal stores */
+} work_t;
+
+typedef struct {
+    const work_t *w;
+    int64_t begin, end; /* range of the virtual concatenation */
+    double *partial;    /* k * k (gram only) */
+} job_t;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Gram.                                                                                      */
+
+/* Vectors of 64 bytes through GCC's vector extensions: one AVX-512 register, two AVX2 ones,
+ * or four SSE ones, whichever the clone compiles for. Loads go through memcpy (unaligned). */
+typedef float vf32 __attribute__((vector_size(64)));
+typedef double vf64 __attribute__((vector_size(64)));
+#define L32 ((int)(sizeof(vf32) / sizeof(float)))
+#define L64 ((int)(sizeof(vf64) / sizeof(double)))
+
+static inline __attribute__((always_inline)) vf32 load32(const float *p) {
+    vf32 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline __attribute__((always_inline)) vf64 load64(const double *p) {
+    vf64 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* A tile of the Gram: rows a[0..MA-1] against rows b[0..NB-1] over m values,
+ * acc[i * NB + j] += sum_p a[i][p] * b[j][p]. MA * NB vector accumulators, unrolled U times so
+ * that there are at least four independent chains (a multiply-add has a latency of about four
+ * cycles); MA + NB loads per MA * NB multiply-adds; a scalar tail. */
+#define DEFINE_TILE(T, V, LN, LOAD, MA, NB)                                                     \
+    static inline __attribute__((always_inline)) void tile_##T##_##MA##x##NB(                  \
+        const T *const *a, const T *const *b, int64_t m, double *acc) {                        \
+        enum { U = MA * NB >= 4 ? 1 : MA * NB == 1 ? 4 : 2 };                                   \
+        V s[U][MA][NB];                                                                         \
+        for (int u = 0; u < U; u++)                                                             \
+            for (int i = 0; i < MA; i++)                                                        \
+                for (int j = 0; j < NB; j++) s[u][i][j] = (V){0};                               \
+        int64_t p = 0;                                                                          \
+        for (; p + U * LN <= m; p += U * LN) {                                                  \
+            for (int u = 0; u < U; u++) {                                                       \
+                V va[MA], vb[NB];                                                               \
+                for (int i = 0; i < MA; i++) va[i] = LOAD(a[i] + p + u * LN);                   \
+                for (int j = 0; j < NB; j++) vb[j] = LOAD(b[j] + p + u * LN);                   \
+                for (int i = 0; i < MA; i++)                                                    \
+                    for (int j = 0; j < NB; j++) s[u][i][j] += va[i] * vb[j];                   \
+            }                                                                                   \
+        }                                                                                       \
+        for (; p + LN <= m; p += LN)                                                            \
+            for (int i = 0; i < MA; i++)                                                        \
+                for (int j = 0; j < NB; j++) s[0][i][j] += LOAD(a[i] + p) * LOAD(b[j] + p);     \
+        for (int i = 0; i < MA; i++)                                                            \
+            for (int j = 0; j < NB; j++) {                                                      \
+                V v = s[0][i][j];                                                               \
+                for (int u = 1; u < U; u++) v += s[u][i][j];                                    \
+                T t = 0;                                                                        \
+                for (int l = 0; l < LN; l++) t += v[l];                                         \
+                for (int64_t r = p; r < m; r++) t += a[i][r] * b[j][r];                         \
+                acc[i * NB + j] += (double)t;                                                   \
+            }                                                                                   \
+    }
+
+/* A diagonal tile: the upper triangle of rows a[0..N-1] against themselves over m values,
+ * acc[i * N + j] += sum_p a[i][p] * a[j][p] for i <= j (N(N+1)/2 multiply-adds per N loads).
+ * Every row meets its diagonal tile once per chunk, so this pass also prefetches the row's next
+ * chunk (ahead values further on, into L2): the memory reads then overlap the arithmetic. */
+#define DEFINE_SYM(T, V, LN, LOAD, N)                                                           \
+    static inline __attribute__((always_inline)) void sym_##T##_##N(                           \
+        const T *const *a, int64_t m, int64_t ahead, double *acc) {                            \
+        enum { C = N * (N + 1) / 2, U = C >= 4 ? 1 : C == 1 ? 4 : 2 };                          \
+        V s[U][C];                                                                              \
+        for (int u = 0; u < U; u++)                                                             \
+            for (int c = 0; c < C; c++) s[u][c] = (V){0};                                       \
+        int64_t p = 0;                                                                          \
+        for (; p + U * LN <= m; p += U * LN) {                                                  \
+            for (int i = 0; i < N; i++)                                                         \
+                for (int u = 0; u < U; u++) __builtin_prefetch(a[i] + p + ahead + u * LN, 0, 2); \
+            for (int u = 0; u < U; u++) {                                                       \
+                V va[N];                                                                        \
+                for (int i = 0; i < N; i++) va[i] = LOAD(a[i] + p + u * LN);                    \
+                int c = 0;                                                                      \
+                for (int i = 0; i < N; i++)                                                     \
+                    for (int j = i; j < N; j++, c++) s[u][c] += va[i] * va[j];                  \
+            }                                                                                   \
+        }                                                                                       \
+        for (; p + LN <= m; p += LN) {                                                          \
+            int c = 0;                                                                          \
+            for (int i = 0; i < N; i++)                                                         \
+                for (int j = i; j < N; j++, c++) s[0][c] += LOAD(a[i] + p) * LOAD(a[j] + p);    \
+        }                                                                                       \
+        int c = 0;                                                                              \
+        for (int i = 0; i < N; i++)                                                             \
+            for (int j = i; j < N; j++, c++) {                                                  \
+                V v = s[0][c];                                                                  \
+                for (int u = 1; u < U; u++) v += s[u][c];                                       \
+                T t = 0;                                                                        \
+                for (int l = 0; l < LN; l++) t += v[l];                                         \
+                for (int64_t r = p; r < m; r++) t += a[i][r] * a[j][r];                         \
+                acc[i * N + j] += (double)t;                                                    \
+            }                                                                                   \
+    }
+
+#define DEFINE_SYMS(T, V, LN, LOAD)                                                             \
+    DEFINE_SYM(T, V, LN, LOAD, 1)                                                               \
+    DEFINE_SYM(T, V, LN, LOAD, 2)                                                               \
+    DEFINE_SYM(T, V, LN, LOAD, 3)                                                               \
+    DEFINE_SYM(T, V, LN, LOAD, 4)
+
+DEFINE_SYMS(float, vf32, L32, load32)
+DEFINE_SYMS(double, vf64, L64, load64)
+
+#define DEFINE_TILES_A(T, V, LN, LOAD, MA)                                                      \
+    DEFINE_TILE(T, V, LN, LOAD, MA, 1)                                                          \
+    DEFINE_TILE(T, V, LN, LOAD, MA, 2)                                                          \
+    DEFINE_TILE(T, V, LN, LOAD, MA, 3)                                                          \
+    DEFINE_TILE(T, V, LN, LOAD, MA, 4)
+#define DEFINE_TILES(T, V, LN, LOAD)                                                            \
+    DEFINE_TILES_A(T, V, LN, LOAD, 1)                                                           \
+    DEFINE_TILES_A(T, V, LN, LOAD, 2)                                                           \
+    DEFINE_TILES_A(T, V, LN, LOAD, 3)                                                           \
+    DEFINE_TILES_A(T, V, LN, LOAD, 4)
+
+DEFINE_TILES(float, vf32, L32, load32)
+DEFINE_TILES(double, vf64, L64, load64)
+
+#define TILE 4 /* rows per tile side */
+#define TILE_CASE(T, MA, NB)                                                                    \
+    case (MA) * 8 + (NB):                                                                       \
+        tile_##T##_##MA##x##NB(a, b, m, part);                                                  \
+        break;
+#define TILE_CASES_A(T, MA) TILE_CASE(T, MA, 1) TILE_CASE(T, MA, 2) TILE_CASE(T, MA, 3) TILE_CASE(T, MA, 4)
+
+#define SYM_CASE(T, N)                                                                          \
+    case N:                                                                                     \
+        sym_##T##_##N(a, m, ahead, part);                                                       \
+        break;
+
+/* All pairs i <= j of the k rows x[0..k-1] over m values, added into acc[i*k + j]: the upper
+ * triangle of TILE x TILE blocks, each one pass over the cache-resident chunk; `ahead` is the
+ * prefetch distance (the next chunk). */
+#define DEFINE_CHUNK(T)                                                                         \
+    static inline __attribute__((always_inline)) void chunk_##T(                               \
+        int k, const T *const *x, int64_t m, int64_t ahead, double *acc) {                     \
+        double part[TILE * TILE];                                                               \
+        for (int i0 = 0; i0 < k; i0 += TILE) {                                                  \
+            int ma = k - i0 < TILE ? k - i0 : TILE;                                             \
+            const T *const *a = x + i0;                                                         \
+            for (int q = 0; q < ma * ma; q++) part[q] = 0.0;                                    \
+            switch (ma) { SYM_CASE(T, 1) SYM_CASE(T, 2) SYM_CASE(T, 3) SYM_CASE(T, 4) }         \
+            for (int i = 0; i < ma; i++)                                                        \
+                for (int j = i; j < ma; j++) acc[(i0 + i) * k + i0 + j] += part[i * ma + j];    \
+            for (int j0 = i0 + TILE; j0 < k; j0 += TILE) {                                      \
+                int nb = k - j0 < TILE ? k - j0 : TILE;                                         \
+                const T *const *b = x + j0;                                                     \
+                for (int q = 0; q < ma * nb; q++) part[q] = 0.0;                                \
+                switch (ma * 8 + nb) {                                                          \
+                    TILE_CASES_A(T, 1)                                                          \
+                    TILE_CASES_A(T, 2)                                                          \
+                    TILE_CASES_A(T, 3)                                                          \
+                    TILE_CASES_A(T, 4)                                                          \
+                }                                                                               \
+                for (int i = 0; i < ma; i++)                                                    \
+                    for (int j = 0; j < nb; j++) acc[(i0 + i) * k + j0 + j] += part[i * nb + j]; \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+DEFINE_CHUNK(float)
+DEFINE_CHUNK(double)
+
+CLONES static void gram_range(const job_t *job) {
+    const work_t *w = job->w;
+    const int k = w->k;
+    const void *x[MAX_K];
+    const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
+    int64_t offset = 0; /* start of piece t in the virtual concatenation */
+    for (Py_ssize_t t = 0; t < w->npieces && offset < job->end; offset += w->len[t], t++) {
+        int64_t lo = job->begin > offset ? job->begin - offset : 0;
+        int64_t hi = job->end - offset < w->len[t] ? job->end - offset : w->len[t];
+        for (int64_t s = lo; s < hi; s += CHUNK) {
+            int64_t m = hi - s < CHUNK ? hi - s : CHUNK;
+            for (int r = 0; r < k; r++) {
+                const char *base = w->rows[t * k + r];
+                x[r] = base ? base + (size_t)s * esize : (w->is64 ? (const void *)zeros64 : (const void *)zeros32);
+            }
+            if (w->is64)
+                chunk_double(k, (const double *const *)x, m, CHUNK, job->partial);
+            else
+                chunk_float(k, (const float *const *)x, m, CHUNK, job->partial);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Combination.                                                                               */
+
+/* Copy n floats (16-byte aligned destination) with non-temporal stores: a big output that will
+ * not be read again soon is written without first being read into cache (one memory pass less).
+ * SSE only, so the baseline clone has it too. */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define HAVE_STREAM 1
+static inline __attribute__((always_inline)) void stream_copy(float *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    for (; i < n; i++) dst[i] = src[i];
+}
+#else
+#define HAVE_STREAM 0
+static inline void stream_copy(float *dst, const float *src, int64_t n) {
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+#endif
+
+/* out = sum_r c[r] * x[r] over m <= CHUNK values (or out += ...), through a chunk buffer in
+ * L1, so that `out` may be one of the x[r] (an exact alias). Each row's pass prefetches the
+ * row's next chunk (`ahead` values further on) into L2. */
+#define DEFINE_COMBINE(T, V, LN, LOAD)                                                          \
+    static inline __attribute__((always_inline)) void combine_##T(                             \
+        int k, const T *const *x, const T *c, T *out, int64_t m, int64_t ahead,                 \
+        int accumulate, int stream) {                                                           \
+        V buf[CHUNK / LN + 1];                                                                  \
+        T *tail = (T *)buf;                                                                     \
+        int64_t nv = m / LN, p0 = nv * LN;                                                      \
+        for (int r = 0; r < k; r++) {                                                           \
+            const V cr = (V){0} + c[r];                                                         \
+            const T *xr = x[r];                                                                 \
+            if (r == 0) {                                                                       \
+                for (int64_t v = 0; v < nv; v++) {                                              \
+                    __builtin_prefetch(xr + v * LN + ahead, 0, 2);                              \
+                    buf[v] = cr * LOAD(xr + v * LN);                                            \
+                }                                                                               \
+                for (int64_t p = p0; p < m; p++) tail[p] = c[r] * xr[p];                        \
+            } else {                                                                            \
+                for (int64_t v = 0; v < nv; v++) {                                              \
+                    __builtin_prefetch(xr + v * LN + ahead, 0, 2);                              \
+                    buf[v] += cr * LOAD(xr + v * LN);                                           \
+                }                                                                               \
+                for (int64_t p = p0; p < m; p++) tail[p] += c[r] * xr[p];                       \
+            }                                                                                   \
+        }                                                                                       \
+        if (accumulate) {                                                                       \
+            for (int64_t v = 0; v < nv; v++) {                                                  \
+                V o = LOAD(out + v * LN) + buf[v];                                              \
+                memcpy(out + v * LN, &o, sizeof o);                                             \
+            }                                                                                   \
+            for (int64_t p = p0; p < m; p++) out[p] += tail[p];                                 \
+        } else if (stream && ((uintptr_t)out & 15) == 0) {                                      \
+            stream_copy((float *)out, (const float *)buf, (int64_t)(m * sizeof(T) / 4));        \
+        } else {                                                                                \
+            memcpy(out, buf, (size_t)m * sizeof(T));                                            \
+        }                                                                                       \
+    }
+
+DEFINE_COMBINE(float, vf32, L32, load32)
+DEFINE_COMBINE(double, vf64, L64, load64)
+
+CLONES static void combine_range(const job_t *job) {
+    const work_t *w = job->w;
+    const int k = w->k;
+    const void *x[MAX_K];
+    float c32[MAX_K];
+    double c64[MAX_K];
+    for (int r = 0; r < k; r++) c64[r] = w->coeffs[r], c32[r] = (float)w->coeffs[r];
+    const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
+    const int stream = w->stream;
+    int64_t offset = 0;
+    for (Py_ssize_t t = 0; t < w->npieces && offset < job->end; offset += w->len[t], t++) {
+        int64_t lo = job->begin > offset ? job->begin - offset : 0;
+        int64_t hi = job->end - offset < w->len[t] ? job->end - offset : w->len[t];
+        for (int64_t s = lo; s < hi; s += CHUNK) {
+            int64_t m = hi - s < CHUNK ? hi - s : CHUNK;
+            for (int r = 0; r < k; r++) {
+                const char *base = w->rows[t * k + r];
+                x[r] = base ? base + (size_t)s * esize : (w->is64 ? (const void *)zeros64 : (const void *)zeros32);
+            }
+            char *out = (char *)w->outs[t] + (size_t)s * esize;
+            if (w->is64)
+                combine_double(k, (const double *const *)x, c64, (double *)out, m, CHUNK, w->accumulate, stream);
+            else
+                combine_float(k, (const float *const *)x, c32, (float *)out, m, CHUNK, w->accumulate, stream);
+        }
+    }
+#if HAVE_STREAM
+    if (stream) _mm_sfence(); /* non-temporal stores are weakly ordered: fence before returning */
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Threads and the Python interface.                                                          */
+
+typedef void (*range_fn)(const job_t *);
+
+typedef struct {
+    range_fn fn;
+    job_t job;
+} thread_arg_t;
+
+static void *thread_main(void *arg) {
+    thread_arg_t *a = arg;
+    a->fn(&a->job);
+    return NULL;
+}
+
+/* Split [0, total) into nthreads ranges (multiples of CHUNK) and run fn on each; thread 0 is
+ * the calling thread, which also runs the range of any thread that could not be created. */
+static void run_split(range_fn fn, const work_t *w, int64_t total, int nthreads, double *partials) {
+    thread_arg_t args[MAX_THREADS];
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS];
+    int64_t per = (total + nthreads - 1) / nthreads;
+    per = (per + CHUNK - 1) / CHUNK * CHUNK;
+    for (int i = 0; i < nthreads; i++) {
+        int64_t b = per * i, e = per * (i + 1);
+        args[i].fn = fn;
+        args[i].job.w = w;
+        args[i].job.begin = b < total ? b : total;
+        args[i].job.end = e < total ? e : total;
+        args[i].job.partial = partials ? partials + (size_t)i * w->k * w->k : NULL;
+        started[i] = 0;
+    }
+    for (int i = 1; i < nthreads; i++)
+        started[i] = pthread_create(&tids[i], NULL, thread_main, &args[i]) == 0;
+    fn(&args[0].job);
+    for (int i = 1; i < nthreads; i++) {
+        if (started[i])
+            pthread_join(tids[i], NULL);
+        else
+            fn(&args[i].job); /* a failed pthread_create costs speed, not correctness */
+    }
+}
+
+/* Parse the rows and lens arguments into w (rows and len allocated with PyMem_Malloc: the caller
+ * frees them, also on failure). */
+static int parse_work(int k, PyObject *rows_obj, PyObject *lens_obj, work_t *w, int64_t *total) {
+    PyObject *rows = PySequence_Fast(rows_obj, "rows must be a sequence of ints");
+    if (!rows) return -1;
+    PyObject *lens = PySequence_Fast(lens_obj, "lens must be a sequence of ints");
+    if (!lens) {
+        Py_DECREF(rows);
+        return -1;
+    }
+    Py_ssize_t t = PySequence_Fast_GET_SIZE(lens);
+    if (PySequence_Fast_GET_SIZE(rows) != t * k) {
+        PyErr_Format(PyExc_ValueError, "rows has %zd pointers, expected len(lens) * k = %zd",
+                     PySequence_Fast_GET_SIZE(rows), t * k);
+        goto fail;
+    }
+    w->k = k;
+    w->npieces = t;
+    w->rows = PyMem_Malloc(sizeof(void *) * (size_t)(t * k + 1));
+    w->len = PyMem_Malloc(sizeof(int64_t) * (size_t)(t + 1));
+    if (!w->rows || !w->len) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    *total = 0;
+    for (Py_ssize_t i = 0; i < t; i++) {
+        long long n = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(lens, i));
+        if (n < 0) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "lens[%zd] = %lld is negative", i, n);
+            goto fail;
+        }
+        ((int64_t *)w->len)[i] = n;
+        *total += n;
+    }
+    for (Py_ssize_t i = 0; i < t * k; i++) {
+        void *p = PyLong_AsVoidPtr(PySequence_Fast_GET_ITEM(rows, i));
+        if (p == NULL && PyErr_Occurred()) goto fail;
+        w->rows[i] = p;
+    }
+    Py_DECREF(rows);
+    Py_DECREF(lens);
+    return 0;
+fail:
+    Py_DECREF(rows);
+    Py_DECREF(lens);
+    return -1;
+}
+
+static int check_common(int k, int nthreads) {
+    if (k < 1 || k > MAX_K) {
+        PyErr_Format(PyExc_ValueError, "k = %d is outside 1..%d", k, MAX_K);
+        return -1;
+    }
+    if (nthreads < 1 || nthreads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "nthreads = %d is outside 1..%d", nthreads, MAX_THREADS);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_gram(PyObject *self, PyObject *args) {
+    int k, is64, nthreads;
+    PyObject *rows_obj, *lens_obj;
+    if (!PyArg_ParseTuple(args, "iOOpi", &k, &rows_obj, &lens_obj, &is64, &nthreads)) return NULL;
+    if (check_common(k, nthreads) < 0) return NULL;
+    work_t w = {0};
+    w.is64 = is64;
+    int64_t total = 0;
+    if (parse_work(k, rows_obj, lens_obj, &w, &total) < 0) {
+        PyMem_Free(w.rows);
+        PyMem_Free((void *)w.len);
+        return NULL;
+    }
+    if (nthreads > 1 && total < (int64_t)nthreads * CHUNK) nthreads = 1;
+    double *partials = PyMem_Calloc((size_t)nthreads * k * k, sizeof(double));
+    if (!partials) {
+        PyMem_Free(w.rows);
+        PyMem_Free((void *)w.len);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS run_split(gram_range, &w, total, nthreads, partials);
+    Py_END_ALLOW_THREADS
+    PyObject *result = PyList_New((Py_ssize_t)k * k);
+    for (int i = 0; result && i < k; i++)
+        for (int j = 0; j < k; j++) {
+            double s = 0.0;
+            int a = i < j ? i : j, b = i < j ? j : i;
+            for (int th = 0; th < nthreads; th++) s += partials[(size_t)th * k * k + a * k + b];
+            PyObject *item = PyFloat_FromDouble(s);
+            if (item == NULL) {
+                Py_CLEAR(result);
+                break;
+            }
+            PyList_SET_ITEM(result, i * k + j, item);
+        }
+    PyMem_Free(partials);
+    PyMem_Free(w.rows);
+    PyMem_Free((void *)w.len);
+    return result;
+}
+
+static PyObject *py_combine(PyObject *self, PyObject *args) {
+    int k, is64, nthreads, accumulate, stream;
+    PyObject *rows_obj, *lens_obj, *outs_obj, *coeffs_obj;
+    if (!PyArg_ParseTuple(args, "iOOpiOOpp", &k, &rows_obj, &lens_obj, &is64, &nthreads, &outs_obj,
+                          &coeffs_obj, &accumulate, &stream))
+        return NULL;
+    if (check_common(k, nthreads) < 0) return NULL;
+    work_t w = {0};
+    w.is64 = is64;
+    w.accumulate = accumulate;
+    int64_t total = 0;
+    double coeffs[MAX_K];
+    PyObject *outs = NULL, *cs = NULL, *ret = NULL;
+    if (parse_work(k, rows_obj, lens_obj, &w, &total) < 0) goto done;
+    outs = PySequence_Fast(outs_obj, "outs must be a sequence of ints");
+    if (!outs) goto done;
+    if (PySequence_Fast_GET_SIZE(outs) != w.npieces) {
+        PyErr_Format(PyExc_ValueError, "outs has %zd pointers, expected %zd",
+                     PySequence_Fast_GET_SIZE(outs), w.npieces);
+        goto done;
+    }
+    w.outs = PyMem_Malloc(sizeof(void *) * (size_t)(w.npieces + 1));
+    if (!w.outs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < w.npieces; i++) {
+        w.outs[i] = PyLong_AsVoidPtr(PySequence_Fast_GET_ITEM(outs, i));
+        if (w.outs[i] == NULL && PyErr_Occurred()) goto done;
+        if (w.outs[i] == NULL && w.len[i] > 0) {
+            PyErr_Format(PyExc_ValueError, "outs[%zd] is a null pointer for %lld values", i,
+                         (long long)w.len[i]);
+            goto done;
+        }
+    }
+    cs = PySequence_Fast(coeffs_obj, "coeffs must be a sequence of floats");
+    if (!cs) goto done;
+    if (PySequence_Fast_GET_SIZE(cs) != k) {
+        PyErr_Format(PyExc_ValueError, "coeffs has %zd values, expected k = %d",
+                     PySequence_Fast_GET_SIZE(cs), k);
+        goto done;
+    }
+    for (int i = 0; i < k; i++) {
+        coeffs[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(cs, i));
+        if (coeffs[i] == -1.0 && PyErr_Occurred()) goto done;
+    }
+    w.coeffs = coeffs;
+    w.stream = stream && !accumulate;
+    if (nthreads > 1 && total < (int64_t)nthreads * CHUNK) nthreads = 1;
+    Py_BEGIN_ALLOW_THREADS run_split(combine_range, &w, total, nthreads, NULL);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    Py_XDECREF(outs);
+    Py_XDECREF(cs);
+    PyMem_Free(w.outs);
+    PyMem_Free(w.rows);
+    PyMem_Free((void *)w.len);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"gram", py_gram, METH_VARARGS,
+     "gram(k, rows, lens, is64, nthreads) -> list of k*k floats (the symmetric Gram).\n\n"
+     "rows: len(lens) * k data pointers (0 for zeros), piece-major; lens: values per piece."},
+    {"combine", py_combine, METH_VARARGS,
+     "combine(k, rows, lens, is64, nthreads, outs, coeffs, accumulate) -> None.\n\n"
+     "Writes (or adds) sum_r coeffs[r] * rows[t*k + r] into outs[t] for every piece t."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_native",
+    "Multi-tensor Gram and combination kernels for CPU (see csrc/multi_tensor_cpu.c).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "CHUNK", CHUNK) < 0 || PyModule_AddIntConstant(m, "MAX_K", MAX_K) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

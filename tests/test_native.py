@@ -1,0 +1,341 @@
+"""The native CPU kernels of the torch backend (``conflict_opt._native``, csrc/multi_tensor_cpu.c).
+
+The dispatch-level tables of test_primitives.py already run every case through them (backend
+"torch" on CPU). Here: the kernels called directly over the shapes that hit each of their
+branches (every 4×4 register-tile shape, chunk and vector-width boundaries, several pieces,
+absent rows, 1…5 threads, non-temporal stores, misaligned and aliased outputs), the module's
+own argument checks, and the routing between the kernels and the torch-ops path.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+import conflict_opt
+from conflict_opt import primitives
+
+native = primitives._native
+pytestmark = pytest.mark.skipif(native is None, reason="conflict_opt._native is not built")
+
+# Lengths around the vector width (16 float32 / 8 float64 lanes, unrolled up to 4×) and the
+# chunk (native.CHUNK values).
+LENGTHS = (0, 1, 7, 15, 16, 17, 63, 64, 65, 2047, 2048, 2049, 5000)
+
+
+def _pieces(k: int, lens: tuple[int, ...], dtype: torch.dtype, *, none_every: int = 0, seed=0):
+    """K rows per piece (None every ``none_every``-th), and the K×P float64 matrix."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for t, n in enumerate(lens):
+        piece = []
+        for i in range(k):
+            if none_every and (i + t) % none_every == 0:
+                piece.append(None)
+            else:
+                piece.append((torch.randn(n, generator=gen) * (1 + t % 3)).to(dtype))
+        rows.append(piece)
+    j = torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.zeros(n, dtype=torch.float64)
+                    if rows[t][i] is None
+                    else rows[t][i].double()
+                    for t, n in enumerate(lens)
+                ]
+            )
+            if lens
+            else torch.zeros(0, dtype=torch.float64)
+            for i in range(k)
+        ]
+    )
+    return rows, j
+
+
+def _ptrs(rows) -> list[int]:
+    return [0 if x is None else x.data_ptr() for piece in rows for x in piece]
+
+
+def _unit(dtype: torch.dtype) -> float:
+    return 2.0**-53 if dtype == torch.float64 else 2.0**-24
+
+
+def _assert_gram(values: list[float], j: torch.Tensor, dtype: torch.dtype) -> None:
+    k = j.shape[0]
+    got = torch.tensor(values, dtype=torch.float64).view(k, k)
+    assert torch.equal(got, got.T)
+    want = j @ j.T
+    bound = j.abs() @ j.abs().T
+    # Higham's dot-product bound with a realistic constant, as in test_primitives.py.
+    tol = _unit(dtype) * (4 * math.sqrt(max(1, j.shape[1])) + 8) * bound + 1e-300
+    err = (got - want).abs()
+    assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7, 8, 9, 12, 17])
+def test_gram_every_tile_shape_and_length(k: int, dtype: torch.dtype) -> None:
+    """K = 1…17 covers every diagonal tile (1…4 rows) and off-diagonal tile (up to 4×4); the
+    lengths cover the vector tails and chunk edges; pieces and absent rows in one call."""
+    rows, j = _pieces(k, LENGTHS, dtype, none_every=4)
+    for threads in (1, 2, 3):
+        values = native.gram(k, _ptrs(rows), list(LENGTHS), dtype == torch.float64, threads)
+        _assert_gram(values, j, dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4, 5])
+def test_gram_thread_split_over_pieces(threads: int) -> None:
+    """Ranges of the threads cut through pieces of every size; the partial Grams add up."""
+    lens = (9000, 1, 30_000, 2048, 0, 40_001)
+    rows, j = _pieces(4, lens, torch.float32, none_every=5, seed=threads)
+    _assert_gram(native.gram(4, _ptrs(rows), list(lens), False, threads), j, torch.float32)
+
+
+def _assert_combined(out: torch.Tensor, want: torch.Tensor, size: torch.Tensor, dtype) -> None:
+    tol = 8 * _unit(dtype) * size + 1e-300
+    err = (out.double() - want).abs()
+    assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 8])
+def test_combine_lengths_threads_and_streaming(k: int, dtype: torch.dtype, stream: bool) -> None:
+    rows, j = _pieces(k, LENGTHS, dtype, none_every=3)
+    a = torch.linspace(-1.0, 2.0, k, dtype=torch.float64)
+    if dtype == torch.float32:
+        a = a.float().double()  # the kernel rounds the coefficients to the compute dtype
+    want = a @ j
+    size = a.abs() @ j.abs()
+    for threads in (1, 2, 3):
+        for accumulate in (False, True):
+            outs = [torch.full((n,), 0.5 if accumulate else math.nan, dtype=dtype) for n in LENGTHS]
+            native.combine(
+                k,
+                _ptrs(rows),
+                list(LENGTHS),
+                dtype == torch.float64,
+                threads,
+                [o.data_ptr() for o in outs],
+                a.tolist(),
+                accumulate,
+                stream,
+            )
+            flat = torch.cat(outs) if outs else torch.zeros(0)
+            base = 0.5 if accumulate else 0.0
+            _assert_combined(flat, want + base, size + base, dtype)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+def test_combine_streams_into_misaligned_outputs(offset: int) -> None:
+    """Non-temporal stores need 16-byte alignment: a misaligned output takes the plain copy."""
+    rows, j = _pieces(2, (5000,), torch.float32)
+    base = torch.full((5000 + offset,), math.nan)
+    out = base[offset:]
+    native.combine(2, _ptrs(rows), [5000], False, 2, [out.data_ptr()], [0.5, -2.0], False, True)
+    want = torch.tensor([0.5, -2.0], dtype=torch.float64) @ j
+    _assert_combined(
+        out, want, torch.tensor([0.5, 2.0], dtype=torch.float64) @ j.abs(), torch.float32
+    )
+    assert bool(base[:offset].isnan().all()), "wrote before the output"
+
+
+def test_combine_into_one_of_its_rows() -> None:
+    rows, j = _pieces(3, (10_000,), torch.float32, seed=5)
+    target = rows[0][1]
+    native.combine(
+        3, _ptrs(rows), [10_000], False, 2, [target.data_ptr()], [1.0, 2.0, 3.0], False, True
+    )
+    want = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) @ j
+    _assert_combined(
+        target, want, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) @ j.abs(), torch.float32
+    )
+
+
+def test_nonfinite_values_propagate_through_absent_rows() -> None:
+    x = torch.randn(3000)
+    x[2500] = math.nan
+    values = native.gram(2, [x.data_ptr(), 0], [3000], False, 1)
+    # NaN·0 = NaN against the absent row; the absent row against itself is a true zero.
+    assert math.isnan(values[0]) and math.isnan(values[1]) and math.isnan(values[2])
+    assert values[3] == 0.0
+    out = torch.zeros(3000)
+    native.combine(
+        2, [x.data_ptr(), 0], [3000], False, 1, [out.data_ptr()], [0.0, 1.0], False, False
+    )
+    assert math.isnan(out[2500]) and bool(torch.isfinite(torch.cat([out[:2500], out[2501:]])).all())
+
+
+def test_concurrent_calls_from_python_threads() -> None:
+    """The kernels release the GIL and keep no global state: concurrent calls are independent."""
+    rows, j = _pieces(3, (50_000, 333), torch.float32, seed=9)
+    results: list[list[float]] = []
+
+    def work() -> None:
+        for _ in range(5):
+            results.append(native.gram(3, _ptrs(rows), [50_000, 333], False, 2))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 20 and all(r == results[0] for r in results)
+    _assert_gram(results[0], j, torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((0, [], [], False, 1), ValueError, r"k = 0 is outside 1\.\.256"),
+        ((257, [], [], False, 1), ValueError, r"k = 257 is outside"),
+        ((1, [], [], False, 0), ValueError, r"nthreads = 0 is outside"),
+        (
+            (2, [0], [5], False, 1),
+            ValueError,
+            r"rows has 1 pointers, expected len\(lens\) \* k = 2",
+        ),
+        ((1, [0], [-3], False, 1), ValueError, r"lens\[0\] = -3 is negative"),
+        ((1, 5, [1], False, 1), TypeError, "rows must be a sequence"),
+        ((1, [0], ["a"], False, 1), TypeError, "cannot be interpreted as an integer"),
+    ],
+)
+def test_gram_argument_checks(args, error, match: str) -> None:
+    with pytest.raises(error, match=match):
+        native.gram(*args)
+
+
+def test_combine_argument_checks() -> None:
+    x, out = torch.randn(10), torch.empty(10)
+    good = (1, [x.data_ptr()], [10], False, 1, [out.data_ptr()], [1.0], False, False)
+    native.combine(*good)
+    torch.testing.assert_close(out, x)
+    for i, bad, match in [
+        (5, [], r"outs has 0 pointers, expected 1"),
+        (5, [0], r"outs\[0\] is a null pointer for 10 values"),
+        (6, [1.0, 2.0], r"coeffs has 2 values, expected k = 1"),
+    ]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(ValueError, match=match):
+            native.combine(*args)
+
+
+# ------------------------------------------------------------------------------------ routing
+
+
+def test_mixed_dtypes_split_between_kernels_and_torch_ops(monkeypatch) -> None:
+    """float32 and float64 slots go to the kernels (one call each), 16-bit ones to torch ops,
+    in one Gram; outputs of another dtype than their gradients are written on torch ops."""
+    calls: list[tuple[str, torch.dtype | None]] = []
+    real_native, real_ops = primitives._gram_native, primitives._gram_torch_ops
+    monkeypatch.setattr(
+        primitives,
+        "_gram_native",
+        lambda g, slots, dt: calls.append(("native", dt)) or real_native(g, slots, dt),
+    )
+    monkeypatch.setattr(
+        primitives,
+        "_gram_torch_ops",
+        lambda g, acc: calls.append(("ops", g.dtypes[0])) or real_ops(g, acc),
+    )
+    gen = torch.Generator().manual_seed(0)
+    dtypes = [torch.float32, torch.bfloat16, torch.float64, torch.float32, torch.float16]
+    grads = [[torch.randn(300, generator=gen).to(dt) for dt in dtypes] for _ in range(3)]
+    got = conflict_opt.gram(grads, backend="torch")
+    want = conflict_opt.gram(grads, backend="reference")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert sorted(calls, key=str) == sorted(
+        [("native", torch.float32), ("native", torch.float64), ("ops", torch.bfloat16)], key=str
+    )
+
+    combined: list[list[int]] = []
+    real_combine = primitives._combine_native
+    monkeypatch.setattr(
+        primitives,
+        "_combine_native",
+        lambda outs, g, slots, *rest: combined.append(slots) or real_combine(outs, g, slots, *rest),
+    )
+    outs = [torch.full((300,), math.nan, dtype=dt) for dt in dtypes]
+    outs[3] = torch.full((300,), math.nan, dtype=torch.bfloat16)  # float32 gradients, bf16 out
+    conflict_opt.combine_(outs, grads, [0.5, 0.25, -1.0], backend="torch")
+    assert sorted(combined) == [[0], [2]]
+    ref = [torch.empty(300, dtype=o.dtype) for o in outs]
+    conflict_opt.combine_(ref, grads, [0.5, 0.25, -1.0], backend="reference")
+    for got_o, want_o in zip(outs, ref, strict=True):
+        torch.testing.assert_close(got_o, want_o, rtol=1e-2, atol=1e-2)
+
+
+def test_native_out_eligibility() -> None:
+    store = torch.randn(100)
+    g1, g2 = store[:50], store[50:]
+    slot = (g1, None, g2)
+    assert primitives._native_out(torch.empty(50), slot, torch.float32)
+    assert primitives._native_out(g1, slot, torch.float32)  # exactly one of the gradients
+    assert not primitives._native_out(store[25:75], slot, torch.float32)  # partial overlap
+    assert not primitives._native_out(torch.empty(50, dtype=torch.float64), slot, torch.float32)
+    assert not primitives._native_out(torch.empty(100)[::2], slot, torch.float32)
+    base = torch.randn(100)
+    strided = base[::2]  # a strided gradient: its whole storage counts
+    assert not primitives._native_out(base[11:16], (strided,), torch.float32)
+    assert primitives._native_out(torch.empty(5), (strided,), torch.float32)
+
+
+def test_partial_overlap_routes_to_torch_ops(monkeypatch) -> None:
+    monkeypatch.setattr(primitives, "_combine_native", pytest.fail)
+    store = torch.randn(60)
+    grads = [[store[:40]], [torch.randn(40)]]
+    out = store[20:]  # overlaps grads[0][0]: not written natively
+    conflict_opt.combine_([out], grads, [1.0, 1.0], backend="torch")
+
+
+def test_multithreaded_and_streaming_through_the_dispatcher(monkeypatch) -> None:
+    """Force threads and non-temporal stores on small inputs through the public functions."""
+    monkeypatch.setattr(primitives, "_NATIVE_PER_THREAD", 1000)
+    monkeypatch.setattr(primitives, "_NATIVE_STREAM_BYTES", 0)
+    gen = torch.Generator().manual_seed(4)
+    grads = [[torch.randn(s, generator=gen) for s in ((70, 90), (3001,), (5,))] for _ in range(5)]
+    torch.testing.assert_close(
+        conflict_opt.gram(grads, backend="torch"),
+        conflict_opt.gram(grads, backend="reference"),
+        rtol=1e-5,
+        atol=1e-3,  # float32 sums of up to 9,000 products of size ~1
+    )
+    a = [0.5, -1.0, 0.25, 2.0, 1.0]
+    outs = [torch.full(x.shape, math.nan) for x in grads[0]]
+    want = [torch.empty(x.shape) for x in grads[0]]
+    conflict_opt.combine_(outs, grads, a, backend="torch")
+    conflict_opt.combine_(want, grads, a, backend="reference")
+    for o, w in zip(outs, want, strict=True):
+        torch.testing.assert_close(o, w)
+
+
+def test_disabled_and_missing_kernels(monkeypatch) -> None:
+    grads = [[torch.randn(10)], [torch.randn(10)]]
+    want = conflict_opt.gram(grads, backend="reference")
+    assert primitives.native_unavailable() is None
+
+    monkeypatch.setenv(primitives.NATIVE_DISABLE_ENV, "1")
+    assert "disabled by CONFLICT_OPT_DISABLE_NATIVE=1" in primitives.native_unavailable()
+    monkeypatch.setattr(primitives, "_gram_native", pytest.fail)
+    torch.testing.assert_close(conflict_opt.gram(grads, backend="torch"), want)
+    monkeypatch.delenv(primitives.NATIVE_DISABLE_ENV)
+
+    # A broken install where the extension should exist: an error naming the way out.
+    monkeypatch.setattr(primitives, "_native", None)
+    monkeypatch.setattr(primitives, "_NATIVE_IMPORT_ERROR", "ImportError: no module")
+    assert "not importable: ImportError: no module" in primitives.native_unavailable()
+    with pytest.raises(
+        RuntimeError, match=r"CPU kernels are missing.*CONFLICT_OPT_DISABLE_NATIVE=1"
+    ):
+        conflict_opt.gram(grads, backend="torch")
+    with pytest.raises(RuntimeError, match="CPU kernels are missing"):
+        conflict_opt.combine_([torch.empty(10)], grads, [1.0, 1.0], backend="torch")
+    # Where it is not built (Windows), torch ops run instead.
+    monkeypatch.setattr(primitives, "_NATIVE_BUILT", False)
+    assert "not built on Windows" in primitives.native_unavailable()
+    torch.testing.assert_close(conflict_opt.gram(grads, backend="torch"), want)
