@@ -8,7 +8,10 @@ of a small transformer (``transformer``: 16 layers, width 256, vocabulary 8,000;
 Providers, all on the same tensors:
 
 * ``limit``: ``x.sum()`` over one contiguous buffer of the same K·P values: the read bandwidth.
-* ``reference`` / ``torch`` / ``triton``: ``conflict_opt``'s backends (triton on CUDA only).
+* ``reference`` / ``torch`` / ``triton``: ``conflict_opt``'s backends (triton on CUDA only);
+  on CPU ``torch`` runs the native kernels (``conflict_opt._native``) for float32.
+* ``torch_ops``: the torch backend with the native kernels disabled
+  (``CONFLICT_OPT_DISABLE_NATIVE=1``): its torch-ops path, which other devices take.
 * ``stack``: concatenate the K gradients into one K×P matrix J, then ``J @ J.T`` / ``w @ J``
   (the common research-code route).
 * ``per_param``: a loop over parameters: J_t = stack of the K gradients of tensor t, then
@@ -21,11 +24,13 @@ Providers, all on the same tensors:
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import torch
 
 import conflict_opt
+from conflict_opt import primitives
 
 KS = (2, 3, 4, 8)
 BIG = {"P1M": 1_000_000, "P10M": 10_000_000, "P50M": 50_000_000}
@@ -59,6 +64,19 @@ def inputs(k: int, name: str, device: str = "cpu") -> tuple[list[list[torch.Tens
     return grads, sum(torch.Size(s).numel() for s in shapes)
 
 
+def _torch_ops(call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` with the native CPU kernels disabled: the torch backend's torch-ops path."""
+
+    def without_native() -> object:
+        os.environ[primitives.NATIVE_DISABLE_ENV] = "1"
+        try:
+            return call()
+        finally:
+            del os.environ[primitives.NATIVE_DISABLE_ENV]
+
+    return without_native
+
+
 def _limit(grads: list[list[torch.Tensor]], p: int) -> Callable[[], object]:
     buf = torch.randn(len(grads) * p, device=grads[0][0].device)
     return buf.sum
@@ -70,6 +88,8 @@ def gram_call(provider: str, grads: list[list[torch.Tensor]], p: int) -> Callabl
         return _limit(grads, p)
     if provider in ("reference", "torch", "triton"):
         return functools.partial(conflict_opt.gram, grads, backend=provider)
+    if provider == "torch_ops":
+        return _torch_ops(functools.partial(conflict_opt.gram, grads, backend="torch"))
     k = len(grads)
     if provider == "stack":
 
@@ -111,6 +131,8 @@ def combine_call(provider: str, grads: list[list[torch.Tensor]], p: int) -> Call
     outs = [torch.empty_like(g).fill_(0.0) for g in grads[0]]
     if provider in ("reference", "torch", "triton"):
         return functools.partial(conflict_opt.combine_, outs, grads, a, backend=provider)
+    if provider == "torch_ops":
+        return _torch_ops(functools.partial(conflict_opt.combine_, outs, grads, a, backend="torch"))
     if provider == "stack":
 
         def stack() -> None:

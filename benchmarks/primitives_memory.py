@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rss_probe import peak_rss_bytes, run_child
 
-PROVIDERS = ("torch", "reference", "stack", "per_param", "torchjd")
+PROVIDERS = ("torch", "torch_ops", "reference", "stack", "per_param", "torchjd")
 SELECTION = [(shape, k) for shape in ("P10M", "transformer") for k in (2, 8)]
 
 

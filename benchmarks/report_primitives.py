@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-ORDER = ("limit", "torch", "triton", "reference", "stack", "per_param", "torchjd")
+ORDER = ("limit", "torch", "torch_ops", "triton", "reference", "stack", "per_param", "torchjd")
 BANDWIDTH_TARGET = 0.8
 LOOP_TARGET = 2.0
 MEMORY_TARGET = 0.5

@@ -40,7 +40,16 @@ from conflict_opt import primitives
 
 DEVICE = os.environ.get("CONFLICT_OPT_BENCH_DEVICE", "cpu")
 THREADS = int(os.environ.get("CONFLICT_OPT_BENCH_PRIMITIVE_THREADS", str(os.cpu_count() or 1)))
-PROVIDERS = ("limit", "torch", "triton", "reference", "stack", "per_param", "torchjd")
+PROVIDERS = (
+    "limit",
+    "torch",
+    "torch_ops",
+    "triton",
+    "reference",
+    "stack",
+    "per_param",
+    "torchjd",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +73,8 @@ def _skip_reason(provider: str, shape: str, k: int) -> str | None:
         reason = primitives.triton_unavailable(torch.device(DEVICE))
         if DEVICE == "cpu" or reason is not None:
             return f"triton provider needs CUDA ({reason or 'CPU run'})"
+    if provider == "torch_ops" and DEVICE != "cpu":
+        return "the native kernels are CPU-only: elsewhere torch is the torch-ops path"
     if provider == "torchjd":
         try:
             import torchjd  # noqa: F401

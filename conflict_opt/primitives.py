@@ -23,21 +23,23 @@ one write of P values for the combination). Three backends share one signature:
 ``"auto"`` picks ``"triton"`` for CUDA tensors when triton is importable and not disabled by
 ``CONFLICT_OPT_DISABLE_TRITON=1``, else ``"torch"``. An explicit backend is honoured or raises.
 
-Precision: sums over a block of at most 2²⁰ values run in the input's precision promoted to at
-least float32 (float64 inputs stay float64); block sums are accumulated in ``accumulate_dtype``
-(Gram) or written in the output's dtype (combination). docs/kernels.md has the details and the
-benchmark table.
+Precision: sums over a block (at most 2²⁰ values on torch ops, 2,048 in the native kernels) run
+in the input's precision promoted to at least float32 (float64 inputs stay float64); block sums
+are accumulated in at least ``accumulate_dtype`` (Gram) or written in the output's dtype
+(combination). docs/kernels.md has the details and the benchmark table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import operator
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import torch
 
@@ -53,6 +55,7 @@ GradsLike = Union[torch.Tensor, Sequence[Union[torch.Tensor, Sequence[Union[torc
 OutLike = Union[torch.Tensor, Sequence[torch.Tensor]]  # noqa: UP007
 
 _ACCUMULATE_DTYPES = (torch.float32, torch.float64)
+_EMPTY = torch.Size([0])
 DISABLE_ENV = "CONFLICT_OPT_DISABLE_TRITON"
 NATIVE_DISABLE_ENV = "CONFLICT_OPT_DISABLE_NATIVE"
 
@@ -85,7 +88,9 @@ _IN_PLACE = 1 << 15
 
 @dataclass(frozen=True)
 class Grads:
-    """K gradients as parameter slots: ``slots[t][k]`` is objective k's tensor t (or None)."""
+    """K gradients as parameter slots: ``slots[t][k]`` is objective k's tensor t (or None), as
+    given: not detached (one object per tensor per step would cost more than the check), so
+    everything that reads them runs under ``torch.no_grad()``."""
 
     k: int
     slots: tuple[tuple[torch.Tensor | None, ...], ...]
@@ -94,7 +99,7 @@ class Grads:
     device: torch.device
     packed: bool  # given as one [K, P] tensor
 
-    @property
+    @functools.cached_property
     def numels(self) -> tuple[int, ...]:
         return tuple(s.numel() for s in self.shapes)
 
@@ -107,6 +112,41 @@ def _check_tensor(t: object, where: str) -> torch.Tensor:
             f"{where} must be float16, bfloat16, float32 or float64, got dtype={t.dtype}."
         )
     return t
+
+
+_shape_of = operator.attrgetter("shape")
+_dtype_of = operator.attrgetter("dtype")
+_device_of = operator.attrgetter("device")
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
+
+
+def _as_grads_fast(k: int, per_objective: list[tuple[Any, ...]]) -> Grads | None:
+    """:class:`Grads` for the common case, checked list-at-a-time (C-level ``map`` and list
+    comparisons, about a quarter of the per-tensor checks' cost): every entry a tensor, one
+    shape and dtype list across objectives, float dtypes, one device. None otherwise, and
+    the per-slot checks then find (and name) the problem."""
+    try:
+        first = per_objective[0]
+        shapes = list(map(_shape_of, first))
+        dtypes = list(map(_dtype_of, first))
+        devices = set(map(_device_of, first))
+        for seq in per_objective[1:]:
+            if list(map(_shape_of, seq)) != shapes or list(map(_dtype_of, seq)) != dtypes:
+                return None
+            devices.update(map(_device_of, seq))
+    except AttributeError:  # None, or not a tensor
+        return None
+    if len(devices) > 1 or not _FLOAT_DTYPE_SET.issuperset(dtypes):
+        return None
+    if not all(type(x) is torch.Tensor or isinstance(x, torch.Tensor) for x in first):
+        return None  # an object with tensor-like attributes
+    for seq in per_objective[1:]:
+        if not all(type(x) is torch.Tensor or isinstance(x, torch.Tensor) for x in seq):
+            return None
+    device = devices.pop() if devices else torch.device("cpu")
+    return Grads(
+        k, tuple(zip(*per_objective, strict=True)), tuple(shapes), tuple(dtypes), device, False
+    )
 
 
 def as_grads(grads: GradsLike) -> Grads:
@@ -145,33 +185,43 @@ def as_grads(grads: GradsLike) -> Grads:
                 f"every objective must list the same parameters: `grads[0]` has {n} tensors, "
                 f"`grads[{i}]` has {len(seq)}."
             )
+    fast = _as_grads_fast(k, per_objective)
+    if fast is not None:
+        return fast
     slots, shapes, dtypes = [], [], []
     devices: set[torch.device] = set()
-    for t in range(n):
-        slot = tuple(per_objective[i][t] for i in range(k))
-        present = [
-            (i, _check_tensor(g, f"`grads[{i}][{t}]`")) for i, g in enumerate(slot) if g is not None
-        ]
-        if present:
-            i0, g0 = present[0]
-            for i, g in present[1:]:
-                if g.shape != g0.shape:
-                    raise ValueError(
-                        f"tensor {t} must have one shape across objectives: `grads[{i0}][{t}]` "
-                        f"has shape {tuple(g0.shape)}, `grads[{i}][{t}]` has {tuple(g.shape)}."
-                    )
-                if g.dtype != g0.dtype:
-                    raise ValueError(
-                        f"tensor {t} must have one dtype across objectives: `grads[{i0}][{t}]` "
-                        f"is {g0.dtype}, `grads[{i}][{t}]` is {g.dtype}."
-                    )
-            devices.update(g.device for _, g in present)
+    # One pass per parameter slot; messages are formatted only on failure (this runs for every
+    # tensor of every objective at every step).
+    for t, slot in enumerate(zip(*per_objective, strict=True)):
+        g0: torch.Tensor | None = None
+        i0 = -1
+        for i, g in enumerate(slot):
+            if g is None:
+                continue
+            if not isinstance(g, torch.Tensor) or g.dtype not in FLOAT_DTYPES:
+                _check_tensor(g, f"`grads[{i}][{t}]`")  # raises, naming the entry
+            if g0 is None:
+                g0, i0 = g, i
+                continue
+            if g.shape != g0.shape:
+                raise ValueError(
+                    f"tensor {t} must have one shape across objectives: `grads[{i0}][{t}]` "
+                    f"has shape {tuple(g0.shape)}, `grads[{i}][{t}]` has {tuple(g.shape)}."
+                )
+            if g.dtype != g0.dtype:
+                raise ValueError(
+                    f"tensor {t} must have one dtype across objectives: `grads[{i0}][{t}]` "
+                    f"is {g0.dtype}, `grads[{i}][{t}]` is {g.dtype}."
+                )
+            devices.add(g.device)
+        if g0 is None:
+            shapes.append(_EMPTY)
+            dtypes.append(None)
+        else:
+            devices.add(g0.device)
             shapes.append(g0.shape)
             dtypes.append(g0.dtype)
-        else:
-            shapes.append(torch.Size([0]))
-            dtypes.append(None)
-        slots.append(tuple(None if g is None else g.detach() for g in slot))
+        slots.append(slot)
     if len(devices) > 1:
         raise ValueError(f"`grads` must live on one device, got {sorted(str(d) for d in devices)}.")
     device = devices.pop() if devices else torch.device("cpu")
@@ -335,13 +385,14 @@ def gram(
         )
     g = as_grads(grads)
     chosen = _select(backend, g.device)
-    if chosen == "reference":
-        return _gram_reference(g).to(accumulate_dtype)
-    if chosen == "torch":
-        return _gram_torch(g, accumulate_dtype)
-    from .kernels import multi_tensor
+    with torch.no_grad():  # the gradients are data here, whatever their requires_grad
+        if chosen == "reference":
+            return _gram_reference(g).to(accumulate_dtype)
+        if chosen == "torch":
+            return _gram_torch(g, accumulate_dtype)
+        from .kernels import multi_tensor
 
-    return multi_tensor.gram(g, accumulate_dtype)
+        return multi_tensor.gram(g, accumulate_dtype)
 
 
 def combine_(
@@ -395,14 +446,15 @@ def combine_(
     device = g.device if reached or not outs else outs[0].device
     a = _coeffs(coeffs, g.k, device) if outs else torch.zeros(g.k, dtype=torch.float64)
     chosen = _select(backend, device)
-    if chosen == "reference":
-        _combine_reference(outs, g, a, accumulate)
-    elif chosen == "torch":
-        _combine_torch(outs, g, a, accumulate)
-    else:
-        from .kernels import multi_tensor
+    with torch.no_grad():  # the gradients are data here, whatever their requires_grad
+        if chosen == "reference":
+            _combine_reference(outs, g, a, accumulate)
+        elif chosen == "torch":
+            _combine_torch(outs, g, a, accumulate)
+        else:
+            from .kernels import multi_tensor
 
-        multi_tensor.combine_(outs, g, a, accumulate)
+            multi_tensor.combine_(outs, g, a, accumulate)
     return out
 
 
@@ -584,13 +636,16 @@ def _native_rows(g: Grads, slots: list[int]) -> tuple[list[int], list[int], list
     ptrs: list[int] = []
     lens: list[int] = []
     keep: list[torch.Tensor] = []
+    numels = g.numels
     for t in slots:
-        lens.append(g.numels[t])
+        lens.append(numels[t])
         for x in g.slots[t]:
             if x is None:
                 ptrs.append(0)
+            elif x.is_contiguous():
+                ptrs.append(x.data_ptr())
             else:
-                flat = x.contiguous().view(-1)  # a copy only for a strided tensor
+                flat = x.contiguous()  # a copy of one strided tensor
                 keep.append(flat)
                 ptrs.append(flat.data_ptr())
     return ptrs, lens, keep
@@ -686,16 +741,17 @@ def _native_out(o: torch.Tensor, slot: tuple[torch.Tensor | None, ...], dtype: t
     if o.dtype != dtype or not o.is_contiguous():
         return False
     start = o.data_ptr()
-    end = start + o.numel() * o.element_size()
+    nbytes = o.numel() * o.element_size()  # also each gradient's: same shape and dtype
+    end = start + nbytes
     for x in slot:
         if x is None:
             continue
         x_start = x.data_ptr()
-        if x_start == start and x.is_contiguous():
-            continue  # the same values: an exact alias
-        x_end = x_start + x.numel() * x.element_size() if x.is_contiguous() else None
-        if x_end is None:
-            # A strided gradient: compare its whole storage.
+        if x.is_contiguous():
+            if x_start == start:
+                continue  # the same values: an exact alias
+            x_end = x_start + nbytes
+        else:  # a strided gradient: its whole storage counts
             x_start = x.untyped_storage().data_ptr()
             x_end = x_start + x.untyped_storage().nbytes()
         if x_start < end and start < x_end:

@@ -127,10 +127,11 @@ static inline __attribute__((always_inline)) vf64 load64(const double *p) {
 /* A diagonal tile: the upper triangle of rows a[0..N-1] against themselves over m values,
  * acc[i * N + j] += sum_p a[i][p] * a[j][p] for i <= j (N(N+1)/2 multiply-adds per N loads).
  * Every row meets its diagonal tile once per chunk, so this pass also prefetches the row's next
- * chunk (ahead values further on, into L2): the memory reads then overlap the arithmetic. */
+ * chunk (na[i], into L2; in the same tensor or the next one): the memory reads then overlap
+ * the arithmetic. */
 #define DEFINE_SYM(T, V, LN, LOAD, N)                                                           \
     static inline __attribute__((always_inline)) void sym_##T##_##N(                           \
-        const T *const *a, int64_t m, int64_t ahead, double *acc) {                            \
+        const T *const *a, const T *const *na, int64_t m, double *acc) {                       \
         enum { C = N * (N + 1) / 2, U = C >= 4 ? 1 : C == 1 ? 4 : 2 };                          \
         V s[U][C];                                                                              \
         for (int u = 0; u < U; u++)                                                             \
@@ -138,7 +139,7 @@ static inline __attribute__((always_inline)) vf64 load64(const double *p) {
         int64_t p = 0;                                                                          \
         for (; p + U * LN <= m; p += U * LN) {                                                  \
             for (int i = 0; i < N; i++)                                                         \
-                for (int u = 0; u < U; u++) __builtin_prefetch(a[i] + p + ahead + u * LN, 0, 2); \
+                for (int u = 0; u < U; u++) __builtin_prefetch(na[i] + p + u * LN, 0, 2);       \
             for (int u = 0; u < U; u++) {                                                       \
                 V va[N];                                                                        \
                 for (int i = 0; i < N; i++) va[i] = LOAD(a[i] + p + u * LN);                    \
@@ -196,15 +197,15 @@ DEFINE_TILES(double, vf64, L64, load64)
 
 #define SYM_CASE(T, N)                                                                          \
     case N:                                                                                     \
-        sym_##T##_##N(a, m, ahead, part);                                                       \
+        sym_##T##_##N(a, nx + i0, m, part);                                                     \
         break;
 
 /* All pairs i <= j of the k rows x[0..k-1] over m values, added into acc[i*k + j]: the upper
- * triangle of TILE x TILE blocks, each one pass over the cache-resident chunk; `ahead` is the
- * prefetch distance (the next chunk). */
+ * triangle of TILE x TILE blocks, each one pass over the cache-resident chunk; nx[0..k-1] are
+ * the rows of the next chunk, to prefetch. */
 #define DEFINE_CHUNK(T)                                                                         \
     static inline __attribute__((always_inline)) void chunk_##T(                               \
-        int k, const T *const *x, int64_t m, int64_t ahead, double *acc) {                     \
+        int k, const T *const *x, const T *const *nx, int64_t m, double *acc) {                \
         double part[TILE * TILE];                                                               \
         for (int i0 = 0; i0 < k; i0 += TILE) {                                                  \
             int ma = k - i0 < TILE ? k - i0 : TILE;                                             \
@@ -232,27 +233,74 @@ DEFINE_TILES(double, vf64, L64, load64)
 DEFINE_CHUNK(float)
 DEFINE_CHUNK(double)
 
+/* A chunk of the work: piece t (which starts at `offset` in the virtual concatenation),
+ * values [s, s + m). */
+typedef struct {
+    Py_ssize_t t;
+    int64_t offset, s, m;
+} pos_t;
+
+/* Move p to the first non-empty chunk at or after it within the job's range (t = npieces when
+ * there is none). */
+static inline void seek(const job_t *job, pos_t *p) {
+    const work_t *w = job->w;
+    while (p->t < w->npieces && p->offset < job->end) {
+        int64_t lo = job->begin > p->offset ? job->begin - p->offset : 0;
+        int64_t hi = job->end - p->offset < w->len[p->t] ? job->end - p->offset : w->len[p->t];
+        if (p->s < lo) p->s = lo;
+        if (p->s < hi) {
+            p->m = hi - p->s < CHUNK ? hi - p->s : CHUNK;
+            return;
+        }
+        p->offset += w->len[p->t];
+        p->t++;
+        p->s = 0;
+    }
+    p->t = w->npieces;
+    p->m = 0;
+}
+
+/* The k row pointers of chunk p (zeros for absent rows). */
+static inline void row_ptrs(const work_t *w, const pos_t *p, const void **x) {
+    const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
+    const void *zeros = w->is64 ? (const void *)zeros64 : (const void *)zeros32;
+    for (int r = 0; r < w->k; r++) {
+        const char *base = w->rows[p->t * w->k + r];
+        x[r] = base ? base + (size_t)p->s * esize : zeros;
+    }
+}
+
+/* Walk the job's chunks in order: for each, its rows x, the next chunk's rows nx (the current
+ * ones after the last chunk), and the chunk itself. */
+#define FOR_EACH_CHUNK(job, cur, x, nx, BODY)                                                   \
+    do {                                                                                        \
+        pos_t cur = {0, 0, 0, 0}, next_;                                                        \
+        seek(job, &cur);                                                                        \
+        if (cur.t < (job)->w->npieces) row_ptrs((job)->w, &cur, x);                             \
+        while (cur.t < (job)->w->npieces) {                                                     \
+            next_ = cur;                                                                        \
+            next_.s += cur.m;                                                                   \
+            seek(job, &next_);                                                                  \
+            if (next_.t < (job)->w->npieces)                                                    \
+                row_ptrs((job)->w, &next_, nx);                                                 \
+            else                                                                                \
+                memcpy(nx, x, sizeof(void *) * (size_t)(job)->w->k);                            \
+            BODY;                                                                               \
+            memcpy(x, nx, sizeof(void *) * (size_t)(job)->w->k);                                \
+            cur = next_;                                                                        \
+        }                                                                                       \
+    } while (0)
+
 CLONES static void gram_range(const job_t *job) {
     const work_t *w = job->w;
     const int k = w->k;
-    const void *x[MAX_K];
-    const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
-    int64_t offset = 0; /* start of piece t in the virtual concatenation */
-    for (Py_ssize_t t = 0; t < w->npieces && offset < job->end; offset += w->len[t], t++) {
-        int64_t lo = job->begin > offset ? job->begin - offset : 0;
-        int64_t hi = job->end - offset < w->len[t] ? job->end - offset : w->len[t];
-        for (int64_t s = lo; s < hi; s += CHUNK) {
-            int64_t m = hi - s < CHUNK ? hi - s : CHUNK;
-            for (int r = 0; r < k; r++) {
-                const char *base = w->rows[t * k + r];
-                x[r] = base ? base + (size_t)s * esize : (w->is64 ? (const void *)zeros64 : (const void *)zeros32);
-            }
-            if (w->is64)
-                chunk_double(k, (const double *const *)x, m, CHUNK, job->partial);
-            else
-                chunk_float(k, (const float *const *)x, m, CHUNK, job->partial);
-        }
-    }
+    const void *x[MAX_K], *nx[MAX_K];
+    FOR_EACH_CHUNK(job, cur, x, nx, {
+        if (w->is64)
+            chunk_double(k, (const double *const *)x, (const double *const *)nx, cur.m, job->partial);
+        else
+            chunk_float(k, (const float *const *)x, (const float *const *)nx, cur.m, job->partial);
+    });
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -278,26 +326,26 @@ static inline void stream_copy(float *dst, const float *src, int64_t n) {
 
 /* out = sum_r c[r] * x[r] over m <= CHUNK values (or out += ...), through a chunk buffer in
  * L1, so that `out` may be one of the x[r] (an exact alias). Each row's pass prefetches the
- * row's next chunk (`ahead` values further on) into L2. */
+ * row's next chunk (nx[r]) into L2. */
 #define DEFINE_COMBINE(T, V, LN, LOAD)                                                          \
     static inline __attribute__((always_inline)) void combine_##T(                             \
-        int k, const T *const *x, const T *c, T *out, int64_t m, int64_t ahead,                 \
+        int k, const T *const *x, const T *const *nx, const T *c, T *out, int64_t m,            \
         int accumulate, int stream) {                                                           \
         V buf[CHUNK / LN + 1];                                                                  \
         T *tail = (T *)buf;                                                                     \
         int64_t nv = m / LN, p0 = nv * LN;                                                      \
         for (int r = 0; r < k; r++) {                                                           \
             const V cr = (V){0} + c[r];                                                         \
-            const T *xr = x[r];                                                                 \
+            const T *xr = x[r], *nxr = nx[r];                                                   \
             if (r == 0) {                                                                       \
                 for (int64_t v = 0; v < nv; v++) {                                              \
-                    __builtin_prefetch(xr + v * LN + ahead, 0, 2);                              \
+                    __builtin_prefetch(nxr + v * LN, 0, 2);                                     \
                     buf[v] = cr * LOAD(xr + v * LN);                                            \
                 }                                                                               \
                 for (int64_t p = p0; p < m; p++) tail[p] = c[r] * xr[p];                        \
             } else {                                                                            \
                 for (int64_t v = 0; v < nv; v++) {                                              \
-                    __builtin_prefetch(xr + v * LN + ahead, 0, 2);                              \
+                    __builtin_prefetch(nxr + v * LN, 0, 2);                                     \
                     buf[v] += cr * LOAD(xr + v * LN);                                           \
                 }                                                                               \
                 for (int64_t p = p0; p < m; p++) tail[p] += c[r] * xr[p];                       \
@@ -322,29 +370,21 @@ DEFINE_COMBINE(double, vf64, L64, load64)
 CLONES static void combine_range(const job_t *job) {
     const work_t *w = job->w;
     const int k = w->k;
-    const void *x[MAX_K];
+    const void *x[MAX_K], *nx[MAX_K];
     float c32[MAX_K];
     double c64[MAX_K];
     for (int r = 0; r < k; r++) c64[r] = w->coeffs[r], c32[r] = (float)w->coeffs[r];
     const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
     const int stream = w->stream;
-    int64_t offset = 0;
-    for (Py_ssize_t t = 0; t < w->npieces && offset < job->end; offset += w->len[t], t++) {
-        int64_t lo = job->begin > offset ? job->begin - offset : 0;
-        int64_t hi = job->end - offset < w->len[t] ? job->end - offset : w->len[t];
-        for (int64_t s = lo; s < hi; s += CHUNK) {
-            int64_t m = hi - s < CHUNK ? hi - s : CHUNK;
-            for (int r = 0; r < k; r++) {
-                const char *base = w->rows[t * k + r];
-                x[r] = base ? base + (size_t)s * esize : (w->is64 ? (const void *)zeros64 : (const void *)zeros32);
-            }
-            char *out = (char *)w->outs[t] + (size_t)s * esize;
-            if (w->is64)
-                combine_double(k, (const double *const *)x, c64, (double *)out, m, CHUNK, w->accumulate, stream);
-            else
-                combine_float(k, (const float *const *)x, c32, (float *)out, m, CHUNK, w->accumulate, stream);
-        }
-    }
+    FOR_EACH_CHUNK(job, cur, x, nx, {
+        char *out = (char *)w->outs[cur.t] + (size_t)cur.s * esize;
+        if (w->is64)
+            combine_double(k, (const double *const *)x, (const double *const *)nx, c64,
+                           (double *)out, cur.m, w->accumulate, stream);
+        else
+            combine_float(k, (const float *const *)x, (const float *const *)nx, c32, (float *)out,
+                          cur.m, w->accumulate, stream);
+    });
 #if HAVE_STREAM
     if (stream) _mm_sfence(); /* non-temporal stores are weakly ordered: fence before returning */
 #endif

@@ -436,3 +436,33 @@ def test_cuda_matches_reference_without_host_sync(backend: str) -> None:
         torch.cuda.set_sync_debug_mode("default")
     _assert_gram_close(h.cpu(), j, case.dtype, torch.float64)
     _assert_combined(case, [o.cpu() for o in outs], j, a.cpu(), None, case.dtype)
+
+
+def test_list_at_a_time_validation_matches_the_per_slot_checks(monkeypatch) -> None:
+    """``as_grads`` checks whole lists first and falls back to per-slot checks on anything
+    unusual: both give the same Grads, and every irregular input takes the per-slot path."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(s, generator=gen) for s in ((3, 4), (5,), (0,))] for _ in range(3)]
+    fast = primitives._as_grads_fast(3, [tuple(r) for r in grads])
+    assert fast is not None
+    monkeypatch.setattr(primitives, "_as_grads_fast", lambda k, per: None)
+    slow = primitives.as_grads(grads)
+    assert (fast.k, fast.shapes, fast.dtypes, fast.device) == (
+        slow.k,
+        slow.shapes,
+        slow.dtypes,
+        slow.device,
+    )
+    assert fast.slots == slow.slots  # the very same tensor objects, not copies or detached
+    monkeypatch.undo()
+    x = torch.randn(5)
+    irregular = [
+        [[x], [None]],  # an absent gradient
+        [[x], [torch.randn(6)]],  # shapes differ
+        [[x], [x.double()]],  # dtypes differ
+        [[x.long()], [x.long()]],  # not a float dtype
+        [[x], [torch.empty(5, device="meta")]],  # two devices
+        [[x], [x.numpy()]],  # not a tensor
+    ]
+    for case in irregular:
+        assert primitives._as_grads_fast(2, [tuple(r) for r in case]) is None, case
