@@ -734,31 +734,6 @@ def _add_scaled(dst: torch.Tensor, rows: list[torch.Tensor], scale: list, start:
             dst.addcmul_(rows[i], scale[i])
 
 
-def _native_out(o: torch.Tensor, slot: tuple[torch.Tensor | None, ...], dtype: torch.dtype) -> bool:
-    """Whether the native combination can write ``o``: contiguous, of the gradients' dtype, and
-    either clear of their storage or exactly one of them (each chunk is read before it is
-    written)."""
-    if o.dtype != dtype or not o.is_contiguous():
-        return False
-    start = o.data_ptr()
-    nbytes = o.numel() * o.element_size()  # also each gradient's: same shape and dtype
-    end = start + nbytes
-    for x in slot:
-        if x is None:
-            continue
-        x_start = x.data_ptr()
-        if x.is_contiguous():
-            if x_start == start:
-                continue  # the same values: an exact alias
-            x_end = x_start + nbytes
-        else:  # a strided gradient: its whole storage counts
-            x_start = x.untyped_storage().data_ptr()
-            x_end = x_start + x.untyped_storage().nbytes()
-        if x_start < end and start < x_end:
-            return False
-    return True
-
-
 def _combine_native(
     outs: tuple[torch.Tensor, ...],
     g: Grads,
@@ -766,23 +741,25 @@ def _combine_native(
     dtype: torch.dtype,
     coeffs: list[float],
     accumulate: bool,
-) -> None:
+) -> list[int]:
+    """Write the given slots natively; returns those left unwritten because their output
+    partially overlaps one of their gradients (checked by the kernel, on the pointers)."""
     ptrs, lens, keep = _native_rows(g, slots)
     values = sum(lens)
     stream = values * torch.finfo(dtype).bits // 8 >= _NATIVE_STREAM_BYTES
-    out_ptrs = [outs[t].data_ptr() for t in slots]
-    _native.combine(
+    skipped = _native.combine(
         g.k,
         ptrs,
         lens,
         dtype == torch.float64,
         _native_threads(values * (g.k + 1)),
-        out_ptrs,
+        [outs[t].data_ptr() for t in slots],
         coeffs,
         accumulate,
         stream,
     )
     del keep
+    return [slots[i] for i in skipped]
 
 
 def _combine_torch(
@@ -791,15 +768,14 @@ def _combine_torch(
     if not _use_native(g.device):
         _combine_torch_ops(outs, g, a, accumulate)
         return
-    eligible = [
-        d is not None and _native_out(o, slot, d)
-        for o, slot, d in zip(outs, g.slots, g.dtypes, strict=True)
-    ]
+    # The kernels write an output of its gradients' dtype in place, contiguous; one that is
+    # exactly one of its gradients is fine (each chunk is read before it is written).
+    eligible = [o.dtype == d and o.is_contiguous() for o, d in zip(outs, g.dtypes, strict=True)]
     native, rest = _native_split(g, eligible)
     if native:
         coeffs = a.tolist()  # a CPU tensor: its values are already on the host
         for dtype, slots in native.items():
-            _combine_native(outs, g, slots, dtype, coeffs, accumulate)
+            rest += _combine_native(outs, g, slots, dtype, coeffs, accumulate)
     # Parameters no objective reaches get zeros (or are left alone), as on torch ops.
     rest += [
         t for t, (d, n) in enumerate(zip(g.dtypes, g.numels, strict=True)) if d is None or n == 0

@@ -271,7 +271,7 @@ static inline void row_ptrs(const work_t *w, const pos_t *p, const void **x) {
 }
 
 /* Walk the job's chunks in order: for each, its rows x, the next chunk's rows nx (the current
- * ones after the last chunk), and the chunk itself. */
+ * ones after the last chunk), and the chunk itself. BODY must not `continue` or `break`. */
 #define FOR_EACH_CHUNK(job, cur, x, nx, BODY)                                                   \
     do {                                                                                        \
         pos_t cur = {0, 0, 0, 0}, next_;                                                        \
@@ -377,13 +377,15 @@ CLONES static void combine_range(const job_t *job) {
     const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
     const int stream = w->stream;
     FOR_EACH_CHUNK(job, cur, x, nx, {
-        char *out = (char *)w->outs[cur.t] + (size_t)cur.s * esize;
-        if (w->is64)
-            combine_double(k, (const double *const *)x, (const double *const *)nx, c64,
-                           (double *)out, cur.m, w->accumulate, stream);
-        else
-            combine_float(k, (const float *const *)x, (const float *const *)nx, c32, (float *)out,
-                          cur.m, w->accumulate, stream);
+        if (w->outs[cur.t] != NULL) { /* NULL: a skipped piece (see py_combine) */
+            char *out = (char *)w->outs[cur.t] + (size_t)cur.s * esize;
+            if (w->is64)
+                combine_double(k, (const double *const *)x, (const double *const *)nx, c64,
+                               (double *)out, cur.m, w->accumulate, stream);
+            else
+                combine_float(k, (const float *const *)x, (const float *const *)nx, c32,
+                              (float *)out, cur.m, w->accumulate, stream);
+        }
     });
 #if HAVE_STREAM
     if (stream) _mm_sfence(); /* non-temporal stores are weakly ordered: fence before returning */
@@ -584,11 +586,33 @@ static PyObject *py_combine(PyObject *self, PyObject *args) {
     }
     w.coeffs = coeffs;
     w.stream = stream && !accumulate;
+    /* An output that partially overlaps one of its piece's rows cannot be written chunk by
+     * chunk (a later chunk could read what an earlier one wrote): such pieces are skipped, and
+     * their indices returned for the caller to do otherwise. The same range exactly (the
+     * output is one of the rows) is fine: each chunk is read before it is written. */
+    ret = PyList_New(0);
+    if (!ret) goto done;
+    const size_t esize = is64 ? sizeof(double) : sizeof(float);
+    for (Py_ssize_t i = 0; i < w.npieces; i++) {
+        uintptr_t o = (uintptr_t)w.outs[i], n = (uintptr_t)w.len[i] * esize;
+        for (int r = 0; r < k && n > 0; r++) {
+            uintptr_t x = (uintptr_t)w.rows[i * k + r];
+            if (x != 0 && x != o && x < o + n && o < x + n) {
+                PyObject *index = PyLong_FromSsize_t(i);
+                if (!index || PyList_Append(ret, index) < 0) {
+                    Py_XDECREF(index);
+                    Py_CLEAR(ret);
+                    goto done;
+                }
+                Py_DECREF(index);
+                w.outs[i] = NULL; /* skipped by combine_range */
+                break;
+            }
+        }
+    }
     if (nthreads > 1 && total < (int64_t)nthreads * CHUNK) nthreads = 1;
     Py_BEGIN_ALLOW_THREADS run_split(combine_range, &w, total, nthreads, NULL);
     Py_END_ALLOW_THREADS
-    ret = Py_None;
-    Py_INCREF(ret);
 done:
     Py_XDECREF(outs);
     Py_XDECREF(cs);
@@ -603,8 +627,10 @@ static PyMethodDef methods[] = {
      "gram(k, rows, lens, is64, nthreads) -> list of k*k floats (the symmetric Gram).\n\n"
      "rows: len(lens) * k data pointers (0 for zeros), piece-major; lens: values per piece."},
     {"combine", py_combine, METH_VARARGS,
-     "combine(k, rows, lens, is64, nthreads, outs, coeffs, accumulate) -> None.\n\n"
-     "Writes (or adds) sum_r coeffs[r] * rows[t*k + r] into outs[t] for every piece t."},
+     "combine(k, rows, lens, is64, nthreads, outs, coeffs, accumulate, stream) -> skipped.\n\n"
+     "Writes (or adds) sum_r coeffs[r] * rows[t*k + r] into outs[t] for every piece t, with\n"
+     "non-temporal stores if stream (and not accumulate). Returns the pieces left unwritten\n"
+     "because their output partially overlaps one of their rows."},
     {NULL, NULL, 0, NULL},
 };
 

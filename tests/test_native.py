@@ -270,27 +270,48 @@ def test_mixed_dtypes_split_between_kernels_and_torch_ops(monkeypatch) -> None:
         torch.testing.assert_close(got_o, want_o, rtol=1e-2, atol=1e-2)
 
 
-def test_native_out_eligibility() -> None:
-    store = torch.randn(100)
-    g1, g2 = store[:50], store[50:]
-    slot = (g1, None, g2)
-    assert primitives._native_out(torch.empty(50), slot, torch.float32)
-    assert primitives._native_out(g1, slot, torch.float32)  # exactly one of the gradients
-    assert not primitives._native_out(store[25:75], slot, torch.float32)  # partial overlap
-    assert not primitives._native_out(torch.empty(50, dtype=torch.float64), slot, torch.float32)
-    assert not primitives._native_out(torch.empty(100)[::2], slot, torch.float32)
-    base = torch.randn(100)
-    strided = base[::2]  # a strided gradient: its whole storage counts
-    assert not primitives._native_out(base[11:16], (strided,), torch.float32)
-    assert primitives._native_out(torch.empty(5), (strided,), torch.float32)
+def test_partially_overlapping_outputs_are_skipped_and_returned() -> None:
+    """The kernel writes no piece whose output partially overlaps one of its rows, and says
+    which; an output that is exactly one of its rows, or clear of them, is written."""
+    store = torch.randn(300)
+    g1, g2 = store[:100], store[100:200]
+    clear = torch.full((100,), math.nan)
+    overlapping = store[50:150]  # straddles g1 and g2
+    before = store.clone()
+    skipped = native.combine(
+        2,
+        [g1.data_ptr(), g2.data_ptr()] * 3,
+        [100, 100, 100],
+        False,
+        1,
+        [clear.data_ptr(), overlapping.data_ptr(), g1.data_ptr()],
+        [1.0, 1.0],
+        False,
+        False,
+    )
+    assert skipped == [1]
+    torch.testing.assert_close(clear, before[:100] + before[100:200])
+    # Piece 1 untouched; piece 2 wrote g1 := g1 + g2 in place.
+    torch.testing.assert_close(store[:100], before[:100] + before[100:200])
+    torch.testing.assert_close(store[100:], before[100:])
 
 
 def test_partial_overlap_routes_to_torch_ops(monkeypatch) -> None:
-    monkeypatch.setattr(primitives, "_combine_native", pytest.fail)
+    """Through the dispatcher: the skipped slot is written on torch ops, the rest natively."""
+    ops_slots: list[int] = []
+    real_ops = primitives._combine_torch_ops
+    monkeypatch.setattr(
+        primitives,
+        "_combine_torch_ops",
+        lambda outs, g, a, acc: ops_slots.append(len(outs)) or real_ops(outs, g, a, acc),
+    )
     store = torch.randn(60)
-    grads = [[store[:40]], [torch.randn(40)]]
-    out = store[20:]  # overlaps grads[0][0]: not written natively
-    conflict_opt.combine_([out], grads, [1.0, 1.0], backend="torch")
+    x, y1, y2 = torch.randn(40), torch.randn(10), torch.randn(10)
+    grads = [[store[:40], y1], [x, y2]]
+    outs = [store[20:], torch.full((10,), math.nan)]  # the first overlaps grads[0][0] partially
+    conflict_opt.combine_(outs, grads, [1.0, 1.0], backend="torch")
+    assert ops_slots == [1]  # one slot on torch ops
+    torch.testing.assert_close(outs[1], y1 + y2)
 
 
 def test_multithreaded_and_streaming_through_the_dispatcher(monkeypatch) -> None:
