@@ -178,6 +178,28 @@ def _sole_owner(g: torch.Tensor) -> bool:
         return False
 
 
+def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, torch.Tensor]:
+    """The diagnostics dict of ``MultiObjectiveOptimizer.last_info`` for one solve."""
+    diag = diagnostics(h, w, result.coeffs, dual=result.dual)
+    norms = h.diagonal().clamp_min(0.0).sqrt()
+    outer = norms[:, None] * norms[None, :]
+    cos = torch.where(outer > 0, h / torch.where(outer > 0, outer, 1.0), 0.0)
+    return {
+        "coeffs": result.coeffs,
+        "dual": result.dual,
+        "clipped": result.clipped,
+        "clipping_active": diag.clipping_active,
+        "pairwise_cosines": cos,
+        "directional": diag.directional,
+        "cosines": diag.cosines,
+        "relative_norm": diag.relative_norm,
+        "status": result.status,
+        "gap": result.gap,
+        "iterations": result.iterations,
+        "gram": h,
+    }
+
+
 class MultiObjectiveOptimizer:
     r"""Wrap a ``torch.optim.Optimizer`` so that each step follows a conflict-averse direction.
 
@@ -277,7 +299,9 @@ class MultiObjectiveOptimizer:
         self.primitive_backend = primitive_backend
         self.mode, self.store_dtype, self.accumulation = mode, store_dtype, accumulation
         self.scaler, self.check_finite = scaler, check_finite
-        self.last_info: dict[str, torch.Tensor] = {}
+        self._info: dict[str, torch.Tensor] = {}
+        self._info_source: tuple[torch.Tensor, torch.Tensor, SolveResult] | None = None
+        self._skipped: torch.Tensor | None = None  # the last step's, when it decided
         self._store: dict[torch.Tensor, list[torch.Tensor | None]] = {}
         self._k: int | None = None
         self._pending = False  # backward ran since the last step
@@ -538,24 +562,29 @@ class MultiObjectiveOptimizer:
     def _record(self, h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> None:
         bad = ~torch.isfinite(h).all()
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        diag = diagnostics(h, w, result.coeffs, dual=result.dual)
-        norms = h.diagonal().clamp_min(0.0).sqrt()
-        outer = norms[:, None] * norms[None, :]
-        cos = torch.where(outer > 0, h / torch.where(outer > 0, outer, 1.0), 0.0)
-        self.last_info = {
-            "coeffs": result.coeffs,
-            "dual": result.dual,
-            "clipped": result.clipped,
-            "clipping_active": diag.clipping_active,
-            "pairwise_cosines": cos,
-            "directional": diag.directional,
-            "cosines": diag.cosines,
-            "relative_norm": diag.relative_norm,
-            "status": result.status,
-            "gap": result.gap,
-            "iterations": result.iterations,
-            "gram": h,
-        }
+        # The diagnostics are a function of (h, w, result), computed when last_info is read:
+        # about a dozen small ops that a step whose diagnostics nobody reads need not pay.
+        self._info_source = (h, w, result)
+        self._skipped = None
+
+    @property
+    def last_info(self) -> dict[str, torch.Tensor]:
+        """Diagnostics of the last solve, as a dict of tensors on the Gram's device.
+
+        Keys: ``coeffs``, ``dual``, ``clipped``, ``clipping_active``, ``pairwise_cosines``,
+        ``directional``, ``cosines``, ``relative_norm``, ``status``, ``gap``, ``iterations``,
+        ``gram``, and after ``step`` without a scaler ``skipped``. Empty before the first
+        solve. Computed from the kept K×K Gram and solve result on first read after a solve
+        (no host synchronisation either way).
+        """
+        if self._info_source is not None:
+            self._info = _info(*self._info_source)
+            self._info_source = None
+        if self._skipped is not None:
+            self._info["skipped"] = self._skipped
+        else:
+            self._info.pop("skipped", None)
+        return self._info
 
     def step(self, losses: Sequence[torch.Tensor] | torch.Tensor | None = None) -> None:
         """Solve (if not done per micro-batch), write ``.grad`` and call the inner step.
@@ -583,16 +612,16 @@ class MultiObjectiveOptimizer:
             # whether it did is its own record (scaler.get_scale() drops after a skip), so
             # last_info has no "skipped" entry here.
             self.scaler.step(self.optimizer)
-            self.last_info.pop("skipped", None)
+            self._skipped = None
             self.steps += 1
             return
         if self.check_finite and nonfinite is not None and bool(nonfinite):
             # As GradScaler does with inf/NaN gradients: nothing reaches the parameters.
-            self.last_info["skipped"] = torch.ones((), dtype=torch.bool)
+            self._skipped = torch.ones((), dtype=torch.bool)
             self.steps += 1
             return
         self.optimizer.step()
-        self.last_info["skipped"] = torch.zeros((), dtype=torch.bool)
+        self._skipped = torch.zeros((), dtype=torch.bool)
         self.steps += 1
 
     def __repr__(self) -> str:

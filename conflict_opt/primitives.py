@@ -69,9 +69,12 @@ else:
 # setup.py builds the extension everywhere but on Windows: elsewhere its absence is an error.
 _NATIVE_BUILT = sys.platform != "win32"
 _NATIVE_DTYPES = (torch.float32, torch.float64)
-# Values per thread below which the native kernels use fewer threads (starting a thread costs
-# tens of µs, about what one thread needs for 2¹⁷ float32 values at memory bandwidth).
-_NATIVE_PER_THREAD = 1 << 17
+# Values per thread below which the native kernels use fewer threads. Starting a thread costs
+# tens of µs, and right after a backward pass torch's OpenMP workers still spin on the cores
+# for a while: measured inside training steps of 0.6M and 0.8M parameters (K = 2, 2 cores),
+# two threads made the Gram and the combination 1.3 to 6× slower than one. From 2²¹ values
+# per thread (≥ 0.3 ms of work each) the second thread pays for itself.
+_NATIVE_PER_THREAD = 1 << 21
 # Outputs of the combination of at least this many bytes (beyond this class of machine's caches)
 # are written with non-temporal stores: no read of their old contents into cache first.
 _NATIVE_STREAM_BYTES = 32 << 20

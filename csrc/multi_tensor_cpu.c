@@ -23,6 +23,8 @@
  *
  * The GIL is released while the kernels run. Threads are POSIX threads created per call; the
  * caller decides how many (the Python side passes torch.get_num_threads(), and 1 for small P).
+ * They share the work as blocks taken from a counter (see run_split), and the Gram does not
+ * depend on the number of threads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -397,43 +399,61 @@ CLONES static void combine_range(const job_t *job) {
 
 typedef void (*range_fn)(const job_t *);
 
+/* The work is cut into NBLOCKS-at-most blocks of whole chunks, a number that depends on the
+ * size of the work only; threads take the next block from a shared counter until none is
+ * left. So a thread that the OS delays (a shared machine) does not hold the others back, and
+ * since each block sums into its own partial, added in block order, the Gram is the same bit
+ * for bit whatever the number of threads. */
+#define NBLOCKS 64
+
 typedef struct {
     range_fn fn;
-    job_t job;
-} thread_arg_t;
+    const work_t *w;
+    int64_t total, per; /* values, and values per block */
+    int nblocks;
+    int next; /* the next block to take (atomic) */
+    double *partials; /* nblocks * k * k (gram only) */
+} pool_t;
 
-static void *thread_main(void *arg) {
-    thread_arg_t *a = arg;
-    a->fn(&a->job);
+static void *worker(void *arg) {
+    pool_t *pool = arg;
+    for (;;) {
+        int b = __atomic_fetch_add(&pool->next, 1, __ATOMIC_RELAXED);
+        if (b >= pool->nblocks) break;
+        job_t job;
+        job.w = pool->w;
+        job.begin = pool->per * b;
+        job.end = pool->per * (b + 1) < pool->total ? pool->per * (b + 1) : pool->total;
+        job.partial = pool->partials ? pool->partials + (size_t)b * pool->w->k * pool->w->k : NULL;
+        pool->fn(&job);
+    }
     return NULL;
 }
 
-/* Split [0, total) into nthreads ranges (multiples of CHUNK) and run fn on each; thread 0 is
- * the calling thread, which also runs the range of any thread that could not be created. */
-static void run_split(range_fn fn, const work_t *w, int64_t total, int nthreads, double *partials) {
-    thread_arg_t args[MAX_THREADS];
+/* Blocks of the work [0, total): returns their number and sets *per (values per block). */
+static int plan_blocks(int64_t total, int64_t *per) {
+    int64_t chunks = (total + CHUNK - 1) / CHUNK;
+    int nblocks = chunks < NBLOCKS ? (int)chunks : NBLOCKS;
+    if (nblocks < 1) nblocks = 1;
+    int64_t chunks_per = (chunks + nblocks - 1) / nblocks;
+    *per = chunks_per * CHUNK;
+    if (*per < 1) *per = 1;
+    int64_t n = (total + *per - 1) / *per;
+    return n > 0 ? (int)n : 1;
+}
+
+/* Run fn over [0, total) on nthreads threads (the calling thread is one of them; a thread that
+ * cannot be created costs speed, not correctness: the others take its blocks). */
+static void run_split(range_fn fn, const work_t *w, int64_t total, int nthreads, int nblocks,
+                      int64_t per, double *partials) {
+    pool_t pool = {fn, w, total, per, nblocks, 0, partials};
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS];
-    int64_t per = (total + nthreads - 1) / nthreads;
-    per = (per + CHUNK - 1) / CHUNK * CHUNK;
-    for (int i = 0; i < nthreads; i++) {
-        int64_t b = per * i, e = per * (i + 1);
-        args[i].fn = fn;
-        args[i].job.w = w;
-        args[i].job.begin = b < total ? b : total;
-        args[i].job.end = e < total ? e : total;
-        args[i].job.partial = partials ? partials + (size_t)i * w->k * w->k : NULL;
-        started[i] = 0;
-    }
+    if (nthreads > nblocks) nthreads = nblocks;
+    for (int i = 1; i < nthreads; i++) started[i] = pthread_create(&tids[i], NULL, worker, &pool) == 0;
+    worker(&pool);
     for (int i = 1; i < nthreads; i++)
-        started[i] = pthread_create(&tids[i], NULL, thread_main, &args[i]) == 0;
-    fn(&args[0].job);
-    for (int i = 1; i < nthreads; i++) {
-        if (started[i])
-            pthread_join(tids[i], NULL);
-        else
-            fn(&args[i].job); /* a failed pthread_create costs speed, not correctness */
-    }
+        if (started[i]) pthread_join(tids[i], NULL);
 }
 
 /* Parse the rows and lens arguments into w (rows and len allocated with PyMem_Malloc: the caller
@@ -510,21 +530,22 @@ static PyObject *py_gram(PyObject *self, PyObject *args) {
         PyMem_Free((void *)w.len);
         return NULL;
     }
-    if (nthreads > 1 && total < (int64_t)nthreads * CHUNK) nthreads = 1;
-    double *partials = PyMem_Calloc((size_t)nthreads * k * k, sizeof(double));
+    int64_t per;
+    int nblocks = plan_blocks(total, &per);
+    double *partials = PyMem_Calloc((size_t)nblocks * k * k, sizeof(double));
     if (!partials) {
         PyMem_Free(w.rows);
         PyMem_Free((void *)w.len);
         return PyErr_NoMemory();
     }
-    Py_BEGIN_ALLOW_THREADS run_split(gram_range, &w, total, nthreads, partials);
+    Py_BEGIN_ALLOW_THREADS run_split(gram_range, &w, total, nthreads, nblocks, per, partials);
     Py_END_ALLOW_THREADS
     PyObject *result = PyList_New((Py_ssize_t)k * k);
     for (int i = 0; result && i < k; i++)
         for (int j = 0; j < k; j++) {
             double s = 0.0;
             int a = i < j ? i : j, b = i < j ? j : i;
-            for (int th = 0; th < nthreads; th++) s += partials[(size_t)th * k * k + a * k + b];
+            for (int bl = 0; bl < nblocks; bl++) s += partials[(size_t)bl * k * k + a * k + b];
             PyObject *item = PyFloat_FromDouble(s);
             if (item == NULL) {
                 Py_CLEAR(result);
@@ -610,8 +631,9 @@ static PyObject *py_combine(PyObject *self, PyObject *args) {
             }
         }
     }
-    if (nthreads > 1 && total < (int64_t)nthreads * CHUNK) nthreads = 1;
-    Py_BEGIN_ALLOW_THREADS run_split(combine_range, &w, total, nthreads, NULL);
+    int64_t per;
+    int nblocks = plan_blocks(total, &per);
+    Py_BEGIN_ALLOW_THREADS run_split(combine_range, &w, total, nthreads, nblocks, per, NULL);
     Py_END_ALLOW_THREADS
 done:
     Py_XDECREF(outs);

@@ -95,6 +95,15 @@ def test_gram_thread_split_over_pieces(threads: int) -> None:
     _assert_gram(native.gram(4, _ptrs(rows), list(lens), False, threads), j, torch.float32)
 
 
+def test_gram_is_bitwise_the_same_for_any_thread_count() -> None:
+    """Blocks depend on the size of the work only, and their partials are added in order."""
+    lens = (9000, 1, 300_000, 2048, 0, 40_001)
+    rows, _ = _pieces(5, lens, torch.float32, none_every=4, seed=1)
+    first = native.gram(5, _ptrs(rows), list(lens), False, 1)
+    for threads in (2, 3, 4, 7, 64, 256):
+        assert native.gram(5, _ptrs(rows), list(lens), False, threads) == first, threads
+
+
 def _assert_combined(out: torch.Tensor, want: torch.Tensor, size: torch.Tensor, dtype) -> None:
     tol = 8 * _unit(dtype) * size + 1e-300
     err = (out.double() - want).abs()

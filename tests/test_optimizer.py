@@ -520,3 +520,33 @@ def test_gradients_owned_by_someone_else_are_never_overwritten() -> None:
     opt.step([_GiveBack.apply(x, user), (x**2).sum()])
     assert torch.equal(user, kept)
     assert x.grad.data_ptr() != user.data_ptr()
+
+
+def test_last_info_is_the_same_whenever_it_is_read() -> None:
+    """The diagnostics are computed when read: reading after every call or only at the end
+    gives the same values, the per-micro-batch solves report the last one, and ``skipped``
+    appears only once ``step`` has decided it."""
+    eager_model, lazy_model = _model(seed=3), _model(seed=3)
+    eager = MultiObjectiveOptimizer(
+        torch.optim.SGD(eager_model.parameters(), lr=0.1), accumulation="per_micro_batch"
+    )
+    lazy = MultiObjectiveOptimizer(
+        torch.optim.SGD(lazy_model.parameters(), lr=0.1), accumulation="per_micro_batch"
+    )
+    assert eager.last_info == {} and lazy.last_info == {}
+    for step in range(3):
+        for opt, model in ((eager, eager_model), (lazy, lazy_model)):
+            opt.zero_grad()
+            for micro in range(2):
+                x, y = _data(10 * step + micro)
+                opt.backward(model.losses(x, y))
+                if opt is eager:
+                    info = opt.last_info
+                    assert "skipped" not in info  # the step has not decided yet
+                    first = {key: v.clone() for key, v in info.items()}
+            opt.step()
+        assert set(eager.last_info) == set(lazy.last_info) == {*first, "skipped"}
+        for key, value in lazy.last_info.items():
+            torch.testing.assert_close(eager.last_info[key], value, rtol=0, atol=0)
+        for key, value in first.items():  # read before step: the same solve's values
+            torch.testing.assert_close(eager.last_info[key], value, rtol=0, atol=0)
