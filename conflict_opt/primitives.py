@@ -8,11 +8,12 @@ Both are bandwidth-bound: the least memory traffic is one read of the K·P gradi
 one write of P values for the combination). Three backends share one signature:
 
 * ``"reference"``: plain float64 torch on a concatenated K×P copy; the test oracle.
-* ``"torch"``: the fast path on any device, with no K×P copy. On CPU, float32 and float64
-  gradients go to the native kernels of ``conflict_opt._native`` (csrc/multi_tensor_cpu.c):
-  one multi-threaded pass over all tensors in cache-sized chunks, one triangle of register
-  tiles per chunk. Everything else (other devices, 16-bit or mixed dtypes, or every CPU
-  tensor with ``CONFLICT_OPT_DISABLE_NATIVE=1``) runs on torch ops: the gradients are walked
+* ``"torch"``: the fast path on any device, with no K×P copy. On CPU, float32, float64 and
+  bfloat16 gradients go to the native kernels of ``conflict_opt._native``
+  (csrc/multi_tensor_cpu.c): one multi-threaded pass over all tensors in cache-sized chunks,
+  one triangle of register tiles per chunk. Everything else (other devices, float16, float64
+  outputs of 32/16-bit gradients and the reverse, or every CPU tensor with
+  ``CONFLICT_OPT_DISABLE_NATIVE=1``) runs on torch ops: the gradients are walked
   in blocks small enough to stay in cache, so each value is read from memory once; big tensors
   are sliced, small ones packed together into one staging block (one op per objective, instead
   of a few per tensor); Gram blocks use one dot product per pair i ≤ j (one triangle).
@@ -68,7 +69,8 @@ else:
     _NATIVE_IMPORT_ERROR = None
 # setup.py builds the extension everywhere but on Windows: elsewhere its absence is an error.
 _NATIVE_BUILT = sys.platform != "win32"
-_NATIVE_DTYPES = (torch.float32, torch.float64)
+# Gradient dtypes of the native kernels, with the kernels' code for each.
+_NATIVE_KIND = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
 # Values per thread below which the native kernels use fewer threads. Starting a thread costs
 # tens of µs, and right after a backward pass torch's OpenMP workers still spin on the cores
 # for a while: measured inside training steps of 0.6M and 0.8M parameters (K = 2, 2 cores),
@@ -306,9 +308,10 @@ def triton_unavailable(device: torch.device) -> str | None:
 def native_unavailable() -> str | None:
     """Why the torch backend does not use its native CPU kernels (None when it does).
 
-    They are used for float32 and float64 CPU tensors unless ``CONFLICT_OPT_DISABLE_NATIVE=1``,
-    and are not built on Windows. Anywhere else a missing or broken ``conflict_opt._native`` is
-    an error, raised by the first CPU call of the torch backend rather than covered up.
+    They are used for float32, float64 and bfloat16 CPU tensors unless
+    ``CONFLICT_OPT_DISABLE_NATIVE=1``, and are not built on Windows. Anywhere else a missing or
+    broken ``conflict_opt._native`` is an error, raised by the first CPU call of the torch
+    backend rather than covered up.
     """
     if os.environ.get(NATIVE_DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         return f"they are disabled by {NATIVE_DISABLE_ENV}={os.environ[NATIVE_DISABLE_ENV]}"
@@ -319,8 +322,8 @@ def native_unavailable() -> str | None:
 
 
 def _use_native(device: torch.device) -> bool:
-    """Whether the torch backend runs CPU float32/float64 work natively; raises for a broken
-    install (the extension should be there but is not), naming the way out."""
+    """Whether the torch backend runs CPU float32/float64/bfloat16 work natively; raises for a
+    broken install (the extension should be there but is not), naming the way out."""
     if device.type != "cpu":
         return False
     reason = native_unavailable()
@@ -655,24 +658,27 @@ def _native_rows(g: Grads, slots: list[int]) -> tuple[list[int], list[int], list
 
 
 def _gram_native(g: Grads, slots: list[int], dtype: torch.dtype) -> torch.Tensor:
-    """The float64 Gram of the given slots (all of ``dtype``, float32 or float64), natively."""
+    """The float64 Gram of the given slots (all of ``dtype``), natively."""
     ptrs, lens, keep = _native_rows(g, slots)
-    values = _native.gram(g.k, ptrs, lens, dtype == torch.float64, _native_threads(sum(lens) * g.k))
+    values = _native.gram(g.k, ptrs, lens, _NATIVE_KIND[dtype], _native_threads(sum(lens) * g.k))
     del keep
     return torch.tensor(values, dtype=torch.float64).view(g.k, g.k)
 
 
 def _native_split(
-    g: Grads, eligible: Sequence[bool] | None = None
-) -> tuple[dict[torch.dtype, list[int]], list[int]]:
-    """Slots for the native kernels, by dtype, and the rest (empty and all-None slots dropped)."""
-    native: dict[torch.dtype, list[int]] = {}
+    g: Grads, out_dtypes: Sequence[torch.dtype | None] | None = None
+) -> tuple[dict[tuple[torch.dtype, torch.dtype | None], list[int]], list[int]]:
+    """Slots for the native kernels, by (gradient dtype, output dtype), and the rest (empty and
+    all-None slots dropped). ``out_dtypes``: the combination's output dtype per slot, None for
+    an output the kernels cannot write; omitted for the Gram."""
+    native: dict[tuple[torch.dtype, torch.dtype | None], list[int]] = {}
     rest: list[int] = []
     for t, (dtype, n) in enumerate(zip(g.dtypes, g.numels, strict=True)):
         if dtype is None or n == 0:
             continue
-        if dtype in _NATIVE_DTYPES and (eligible is None or eligible[t]):
-            native.setdefault(dtype, []).append(t)
+        out = None if out_dtypes is None else out_dtypes[t]
+        if dtype in _NATIVE_KIND and (out_dtypes is None or out is not None):
+            native.setdefault((dtype, out), []).append(t)
         else:
             rest.append(t)
     return native, rest
@@ -683,7 +689,7 @@ def _gram_torch(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
         return _gram_torch_ops(g, accumulate_dtype)
     native, rest = _native_split(g)
     total = torch.zeros(g.k, g.k, dtype=torch.float64)
-    for dtype, slots in native.items():
+    for (dtype, _), slots in native.items():
         total += _gram_native(g, slots, dtype)
     if rest:
         total += _gram_torch_ops(_subset(g, rest), torch.float64)
@@ -741,22 +747,25 @@ def _combine_native(
     outs: tuple[torch.Tensor, ...],
     g: Grads,
     slots: list[int],
-    dtype: torch.dtype,
+    dtypes: tuple[torch.dtype, torch.dtype],
     coeffs: list[float],
     accumulate: bool,
 ) -> list[int]:
-    """Write the given slots natively; returns those left unwritten because their output
-    partially overlaps one of their gradients (checked by the kernel, on the pointers)."""
+    """Write the given slots natively (gradients and outputs of ``dtypes``); returns those left
+    unwritten because their output partially overlaps one of their gradients (checked by the
+    kernel, on the pointers)."""
+    dtype, out_dtype = dtypes
     ptrs, lens, keep = _native_rows(g, slots)
     values = sum(lens)
-    stream = values * torch.finfo(dtype).bits // 8 >= _NATIVE_STREAM_BYTES
+    stream = values * torch.finfo(out_dtype).bits // 8 >= _NATIVE_STREAM_BYTES
     skipped = _native.combine(
         g.k,
         ptrs,
         lens,
-        dtype == torch.float64,
+        _NATIVE_KIND[dtype],
         _native_threads(values * (g.k + 1)),
         [outs[t].data_ptr() for t in slots],
+        _NATIVE_KIND[out_dtype],
         coeffs,
         accumulate,
         stream,
@@ -765,20 +774,35 @@ def _combine_native(
     return [slots[i] for i in skipped]
 
 
+_NATIVE_16_32 = (torch.float32, torch.bfloat16)
+
+
+def _native_out_dtype(o: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype in which the kernels write ``o`` for gradients of ``dtype``, or None: a
+    contiguous output, float64 for float64 gradients, float32 or bfloat16 for float32 or
+    bfloat16 ones (as the store of ``MultiObjectiveOptimizer(store_dtype=torch.bfloat16)``
+    into float32 ``.grad``). The sum is formed in the compute dtype and rounded once."""
+    if dtype is None or not o.is_contiguous():
+        return None
+    if o.dtype == dtype or (dtype in _NATIVE_16_32 and o.dtype in _NATIVE_16_32):
+        return o.dtype
+    return None
+
+
 def _combine_torch(
     outs: tuple[torch.Tensor, ...], g: Grads, a: torch.Tensor, accumulate: bool
 ) -> None:
     if not _use_native(g.device):
         _combine_torch_ops(outs, g, a, accumulate)
         return
-    # The kernels write an output of its gradients' dtype in place, contiguous; one that is
-    # exactly one of its gradients is fine (each chunk is read before it is written).
-    eligible = [o.dtype == d and o.is_contiguous() for o, d in zip(outs, g.dtypes, strict=True)]
-    native, rest = _native_split(g, eligible)
+    # An output that is exactly one of its gradients is fine (each chunk is read before it is
+    # written); a partial overlap is found and skipped by the kernel.
+    out_dtypes = [_native_out_dtype(o, d) for o, d in zip(outs, g.dtypes, strict=True)]
+    native, rest = _native_split(g, out_dtypes)
     if native:
         coeffs = a.tolist()  # a CPU tensor: its values are already on the host
-        for dtype, slots in native.items():
-            rest += _combine_native(outs, g, slots, dtype, coeffs, accumulate)
+        for dtypes, slots in native.items():
+            rest += _combine_native(outs, g, slots, dtypes, coeffs, accumulate)
     # Parameters no objective reaches get zeros (or are left alone), as on torch ops.
     rest += [
         t for t, (d, n) in enumerate(zip(g.dtypes, g.numels, strict=True)) if d is None or n == 0

@@ -2,7 +2,7 @@
  * conflict_opt._native: the CPU kernels of the "torch" primitives backend.
  *
  * Two multi-tensor operations over K per-objective gradients spread across T parameter tensors
- * (float32, or float64), reading every gradient value from memory once:
+ * (float32, float64 or bfloat16), reading every gradient value from memory once:
  *
  *   gram     H_ij = sum_t <g_i^t, g_j^t>, upper triangle i <= j, returned as K*K doubles;
  *   combine  out_t = sum_k a_k g_k^t   (or out_t += ..., "accumulate"), written in place.
@@ -15,7 +15,8 @@
  * next chunk meanwhile, and splits the range over threads. The combination writes big outputs
  * with non-temporal stores (no read of the output's old contents into cache).
  *
- * Precision: float32 values are multiplied and summed in float32 within a chunk of at most
+ * Precision: float32 and bfloat16 values (widened exactly) are multiplied and summed in float32
+ * within a chunk of at most
  * CHUNK values (at least 16 lanes per pair, so each lane sums at most CHUNK / 16 products), then
  * each chunk sum is added in float64. float64 stays float64 throughout. NaN and Inf propagate: the
  * module is compiled with reassociation allowed (so that reductions vectorise) but without
@@ -47,6 +48,7 @@
 
 static const double zeros64[CHUNK];
 static const float zeros32[CHUNK];
+static const uint16_t zeros16[CHUNK];
 
 /* ---------------------------------------------------------------------------------------- */
 /* The work: T pieces, piece t has K row pointers and len[t] values.                          */
@@ -58,7 +60,8 @@ typedef struct {
     void **outs;       /* npieces output pointers (combine only) */
     const int64_t *len;
     const double *coeffs; /* k coefficients (combine only) */
-    int is64;
+    int kind;     /* of the rows: KIND_F32, KIND_F64 or KIND_BF16 */
+    int out_kind; /* of the outputs (combine only): F64 with F64 rows, else F32 or BF16 */
     int accumulate;
     int stream; /* combine: write the output with non-temporal stores */
 } work_t;
@@ -90,13 +93,44 @@ static inline __attribute__((always_inline)) vf64 load64(const double *p) {
     return v;
 }
 
+/* bfloat16: the upper half of a float32, so widening is a 16-bit shift (exact). */
+typedef uint16_t vb16 __attribute__((vector_size(32)));
+typedef uint32_t vu32 __attribute__((vector_size(64)));
+static inline __attribute__((always_inline)) vf32 loadbf16(const uint16_t *p) {
+    vb16 h;
+    memcpy(&h, p, sizeof h);
+    vu32 w = __builtin_convertvector(h, vu32) << 16;
+    vf32 v;
+    memcpy(&v, &w, sizeof v);
+    return v;
+}
+static inline __attribute__((always_inline)) float bf16f(uint16_t h) {
+    uint32_t w = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+}
+/* float32 to bfloat16, rounded to nearest even; NaN stays a (quiet) NaN of the same sign. */
+static inline __attribute__((always_inline)) uint16_t f2bf16(float f) {
+    uint32_t w;
+    memcpy(&w, &f, sizeof w);
+    uint32_t nan = (w & 0x7fffffffu) > 0x7f800000u;
+    uint32_t rounded = (w + 0x7fffu + ((w >> 16) & 1u)) >> 16;
+    return (uint16_t)(nan ? (w >> 16) | 0x40u : rounded);
+}
+#define SAME(x) (x)
+
+/* Element kinds, as the Python side passes them. */
+enum { KIND_F32 = 0, KIND_F64 = 1, KIND_BF16 = 2 };
+static const size_t kind_size[3] = {sizeof(float), sizeof(double), sizeof(uint16_t)};
+
 /* A tile of the Gram: rows a[0..MA-1] against rows b[0..NB-1] over m values,
  * acc[i * NB + j] += sum_p a[i][p] * b[j][p]. MA * NB vector accumulators, unrolled U times so
  * that there are at least four independent chains (a multiply-add has a latency of about four
  * cycles); MA + NB loads per MA * NB multiply-adds; a scalar tail. */
-#define DEFINE_TILE(T, V, LN, LOAD, MA, NB)                                                     \
-    static inline __attribute__((always_inline)) void tile_##T##_##MA##x##NB(                  \
-        const T *const *a, const T *const *b, int64_t m, double *acc) {                        \
+#define DEFINE_TILE(NAME, E, T, V, LN, LOAD, CVT, MA, NB)                                       \
+    static inline __attribute__((always_inline)) void tile_##NAME##_##MA##x##NB(               \
+        const E *const *a, const E *const *b, int64_t m, double *acc) {                        \
         enum { U = MA * NB >= 4 ? 1 : MA * NB == 1 ? 4 : 2 };                                   \
         V s[U][MA][NB];                                                                         \
         for (int u = 0; u < U; u++)                                                             \
@@ -121,7 +155,7 @@ static inline __attribute__((always_inline)) vf64 load64(const double *p) {
                 for (int u = 1; u < U; u++) v += s[u][i][j];                                    \
                 T t = 0;                                                                        \
                 for (int l = 0; l < LN; l++) t += v[l];                                         \
-                for (int64_t r = p; r < m; r++) t += a[i][r] * b[j][r];                         \
+                for (int64_t r = p; r < m; r++) t += CVT(a[i][r]) * CVT(b[j][r]);               \
                 acc[i * NB + j] += (double)t;                                                   \
             }                                                                                   \
     }
@@ -131,9 +165,9 @@ static inline __attribute__((always_inline)) vf64 load64(const double *p) {
  * Every row meets its diagonal tile once per chunk, so this pass also prefetches the row's next
  * chunk (na[i], into L2; in the same tensor or the next one): the memory reads then overlap
  * the arithmetic. */
-#define DEFINE_SYM(T, V, LN, LOAD, N)                                                           \
-    static inline __attribute__((always_inline)) void sym_##T##_##N(                           \
-        const T *const *a, const T *const *na, int64_t m, double *acc) {                       \
+#define DEFINE_SYM(NAME, E, T, V, LN, LOAD, CVT, N)                                             \
+    static inline __attribute__((always_inline)) void sym_##NAME##_##N(                        \
+        const E *const *a, const E *const *na, int64_t m, double *acc) {                       \
         enum { C = N * (N + 1) / 2, U = C >= 4 ? 1 : C == 1 ? 4 : 2 };                          \
         V s[U][C];                                                                              \
         for (int u = 0; u < U; u++)                                                             \
@@ -162,33 +196,29 @@ static inline __attribute__((always_inline)) vf64 load64(const double *p) {
                 for (int u = 1; u < U; u++) v += s[u][c];                                       \
                 T t = 0;                                                                        \
                 for (int l = 0; l < LN; l++) t += v[l];                                         \
-                for (int64_t r = p; r < m; r++) t += a[i][r] * a[j][r];                         \
+                for (int64_t r = p; r < m; r++) t += CVT(a[i][r]) * CVT(a[j][r]);               \
                 acc[i * N + j] += (double)t;                                                    \
             }                                                                                   \
     }
 
-#define DEFINE_SYMS(T, V, LN, LOAD)                                                             \
-    DEFINE_SYM(T, V, LN, LOAD, 1)                                                               \
-    DEFINE_SYM(T, V, LN, LOAD, 2)                                                               \
-    DEFINE_SYM(T, V, LN, LOAD, 3)                                                               \
-    DEFINE_SYM(T, V, LN, LOAD, 4)
+#define DEFINE_SYMS(...)                                                                        \
+    DEFINE_SYM(__VA_ARGS__, 1) DEFINE_SYM(__VA_ARGS__, 2) DEFINE_SYM(__VA_ARGS__, 3)            \
+    DEFINE_SYM(__VA_ARGS__, 4)
 
-DEFINE_SYMS(float, vf32, L32, load32)
-DEFINE_SYMS(double, vf64, L64, load64)
+DEFINE_SYMS(float, float, float, vf32, L32, load32, SAME)
+DEFINE_SYMS(double, double, double, vf64, L64, load64, SAME)
+DEFINE_SYMS(bf16, uint16_t, float, vf32, L32, loadbf16, bf16f)
 
-#define DEFINE_TILES_A(T, V, LN, LOAD, MA)                                                      \
-    DEFINE_TILE(T, V, LN, LOAD, MA, 1)                                                          \
-    DEFINE_TILE(T, V, LN, LOAD, MA, 2)                                                          \
-    DEFINE_TILE(T, V, LN, LOAD, MA, 3)                                                          \
-    DEFINE_TILE(T, V, LN, LOAD, MA, 4)
-#define DEFINE_TILES(T, V, LN, LOAD)                                                            \
-    DEFINE_TILES_A(T, V, LN, LOAD, 1)                                                           \
-    DEFINE_TILES_A(T, V, LN, LOAD, 2)                                                           \
-    DEFINE_TILES_A(T, V, LN, LOAD, 3)                                                           \
-    DEFINE_TILES_A(T, V, LN, LOAD, 4)
+#define DEFINE_TILES_A(...)                                                                     \
+    DEFINE_TILE(__VA_ARGS__, 1) DEFINE_TILE(__VA_ARGS__, 2) DEFINE_TILE(__VA_ARGS__, 3)         \
+    DEFINE_TILE(__VA_ARGS__, 4)
+#define DEFINE_TILES(...)                                                                       \
+    DEFINE_TILES_A(__VA_ARGS__, 1) DEFINE_TILES_A(__VA_ARGS__, 2)                               \
+    DEFINE_TILES_A(__VA_ARGS__, 3) DEFINE_TILES_A(__VA_ARGS__, 4)
 
-DEFINE_TILES(float, vf32, L32, load32)
-DEFINE_TILES(double, vf64, L64, load64)
+DEFINE_TILES(float, float, float, vf32, L32, load32, SAME)
+DEFINE_TILES(double, double, double, vf64, L64, load64, SAME)
+DEFINE_TILES(bf16, uint16_t, float, vf32, L32, loadbf16, bf16f)
 
 #define TILE 4 /* rows per tile side */
 #define TILE_CASE(T, MA, NB)                                                                    \
@@ -205,20 +235,20 @@ DEFINE_TILES(double, vf64, L64, load64)
 /* All pairs i <= j of the k rows x[0..k-1] over m values, added into acc[i*k + j]: the upper
  * triangle of TILE x TILE blocks, each one pass over the cache-resident chunk; nx[0..k-1] are
  * the rows of the next chunk, to prefetch. */
-#define DEFINE_CHUNK(T)                                                                         \
+#define DEFINE_CHUNK(T, E)                                                                      \
     static inline __attribute__((always_inline)) void chunk_##T(                               \
-        int k, const T *const *x, const T *const *nx, int64_t m, double *acc) {                \
+        int k, const E *const *x, const E *const *nx, int64_t m, double *acc) {                \
         double part[TILE * TILE];                                                               \
         for (int i0 = 0; i0 < k; i0 += TILE) {                                                  \
             int ma = k - i0 < TILE ? k - i0 : TILE;                                             \
-            const T *const *a = x + i0;                                                         \
+            const E *const *a = x + i0;                                                         \
             for (int q = 0; q < ma * ma; q++) part[q] = 0.0;                                    \
             switch (ma) { SYM_CASE(T, 1) SYM_CASE(T, 2) SYM_CASE(T, 3) SYM_CASE(T, 4) }         \
             for (int i = 0; i < ma; i++)                                                        \
                 for (int j = i; j < ma; j++) acc[(i0 + i) * k + i0 + j] += part[i * ma + j];    \
             for (int j0 = i0 + TILE; j0 < k; j0 += TILE) {                                      \
                 int nb = k - j0 < TILE ? k - j0 : TILE;                                         \
-                const T *const *b = x + j0;                                                     \
+                const E *const *b = x + j0;                                                     \
                 for (int q = 0; q < ma * nb; q++) part[q] = 0.0;                                \
                 switch (ma * 8 + nb) {                                                          \
                     TILE_CASES_A(T, 1)                                                          \
@@ -232,8 +262,9 @@ DEFINE_TILES(double, vf64, L64, load64)
         }                                                                                       \
     }
 
-DEFINE_CHUNK(float)
-DEFINE_CHUNK(double)
+DEFINE_CHUNK(float, float)
+DEFINE_CHUNK(double, double)
+DEFINE_CHUNK(bf16, uint16_t)
 
 /* A chunk of the work: piece t (which starts at `offset` in the virtual concatenation),
  * values [s, s + m). */
@@ -264,8 +295,10 @@ static inline void seek(const job_t *job, pos_t *p) {
 
 /* The k row pointers of chunk p (zeros for absent rows). */
 static inline void row_ptrs(const work_t *w, const pos_t *p, const void **x) {
-    const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
-    const void *zeros = w->is64 ? (const void *)zeros64 : (const void *)zeros32;
+    const size_t esize = kind_size[w->kind];
+    const void *zeros = w->kind == KIND_F64    ? (const void *)zeros64
+                        : w->kind == KIND_BF16 ? (const void *)zeros16
+                                               : (const void *)zeros32;
     for (int r = 0; r < w->k; r++) {
         const char *base = w->rows[p->t * w->k + r];
         x[r] = base ? base + (size_t)p->s * esize : zeros;
@@ -298,8 +331,10 @@ CLONES static void gram_range(const job_t *job) {
     const int k = w->k;
     const void *x[MAX_K], *nx[MAX_K];
     FOR_EACH_CHUNK(job, cur, x, nx, {
-        if (w->is64)
+        if (w->kind == KIND_F64)
             chunk_double(k, (const double *const *)x, (const double *const *)nx, cur.m, job->partial);
+        else if (w->kind == KIND_BF16)
+            chunk_bf16(k, (const uint16_t *const *)x, (const uint16_t *const *)nx, cur.m, job->partial);
         else
             chunk_float(k, (const float *const *)x, (const float *const *)nx, cur.m, job->partial);
     });
@@ -326,33 +361,45 @@ static inline void stream_copy(float *dst, const float *src, int64_t n) {
 }
 #endif
 
-/* out = sum_r c[r] * x[r] over m <= CHUNK values (or out += ...), through a chunk buffer in
- * L1, so that `out` may be one of the x[r] (an exact alias). Each row's pass prefetches the
- * row's next chunk (nx[r]) into L2. */
-#define DEFINE_COMBINE(T, V, LN, LOAD)                                                          \
-    static inline __attribute__((always_inline)) void combine_##T(                             \
-        int k, const T *const *x, const T *const *nx, const T *c, T *out, int64_t m,            \
-        int accumulate, int stream) {                                                           \
-        V buf[CHUNK / LN + 1];                                                                  \
+/* buf = sum_r c[r] * x[r] over m <= CHUNK values, in the compute type T: one pass per row
+ * over a chunk buffer in L1. Each row's pass prefetches the row's next chunk (nx[r]) into L2.
+ * The output is written afterwards (store_*), so it may be one of the x[r] (an exact alias). */
+#define DEFINE_COMBINE(NAME, E, T, V, LN, LOAD, CVT)                                            \
+    static inline __attribute__((always_inline)) void combine_##NAME(                          \
+        int k, const E *const *x, const E *const *nx, const T *c, int64_t m, V *buf) {         \
         T *tail = (T *)buf;                                                                     \
         int64_t nv = m / LN, p0 = nv * LN;                                                      \
         for (int r = 0; r < k; r++) {                                                           \
             const V cr = (V){0} + c[r];                                                         \
-            const T *xr = x[r], *nxr = nx[r];                                                   \
+            const E *xr = x[r], *nxr = nx[r];                                                   \
             if (r == 0) {                                                                       \
                 for (int64_t v = 0; v < nv; v++) {                                              \
                     __builtin_prefetch(nxr + v * LN, 0, 2);                                     \
                     buf[v] = cr * LOAD(xr + v * LN);                                            \
                 }                                                                               \
-                for (int64_t p = p0; p < m; p++) tail[p] = c[r] * xr[p];                        \
+                for (int64_t p = p0; p < m; p++) tail[p] = c[r] * CVT(xr[p]);                   \
             } else {                                                                            \
                 for (int64_t v = 0; v < nv; v++) {                                              \
                     __builtin_prefetch(nxr + v * LN, 0, 2);                                     \
                     buf[v] += cr * LOAD(xr + v * LN);                                           \
                 }                                                                               \
-                for (int64_t p = p0; p < m; p++) tail[p] += c[r] * xr[p];                       \
+                for (int64_t p = p0; p < m; p++) tail[p] += c[r] * CVT(xr[p]);                  \
             }                                                                                   \
         }                                                                                       \
+    }
+
+DEFINE_COMBINE(float, float, float, vf32, L32, load32, SAME)
+DEFINE_COMBINE(double, double, double, vf64, L64, load64, SAME)
+DEFINE_COMBINE(bf16, uint16_t, float, vf32, L32, loadbf16, bf16f)
+
+/* Write (or add) m values of buf into out, of out's own type: float32 and float64 with
+ * non-temporal stores when asked (16-byte aligned output, not accumulating), bfloat16 rounded
+ * to nearest even (an accumulation adds in float32 and rounds once). */
+#define DEFINE_STORE(T, V, LN, LOAD)                                                            \
+    static inline __attribute__((always_inline)) void store_##T(                               \
+        T *out, const V *buf, int64_t m, int accumulate, int stream) {                          \
+        const T *tail = (const T *)buf;                                                         \
+        int64_t nv = m / LN, p0 = nv * LN;                                                      \
         if (accumulate) {                                                                       \
             for (int64_t v = 0; v < nv; v++) {                                                  \
                 V o = LOAD(out + v * LN) + buf[v];                                              \
@@ -366,8 +413,16 @@ static inline void stream_copy(float *dst, const float *src, int64_t n) {
         }                                                                                       \
     }
 
-DEFINE_COMBINE(float, vf32, L32, load32)
-DEFINE_COMBINE(double, vf64, L64, load64)
+DEFINE_STORE(float, vf32, L32, load32)
+DEFINE_STORE(double, vf64, L64, load64)
+
+static inline __attribute__((always_inline)) void store_bf16(uint16_t *out, const float *buf,
+                                                             int64_t m, int accumulate) {
+    if (accumulate)
+        for (int64_t p = 0; p < m; p++) out[p] = f2bf16(bf16f(out[p]) + buf[p]);
+    else
+        for (int64_t p = 0; p < m; p++) out[p] = f2bf16(buf[p]);
+}
 
 CLONES static void combine_range(const job_t *job) {
     const work_t *w = job->w;
@@ -376,17 +431,29 @@ CLONES static void combine_range(const job_t *job) {
     float c32[MAX_K];
     double c64[MAX_K];
     for (int r = 0; r < k; r++) c64[r] = w->coeffs[r], c32[r] = (float)w->coeffs[r];
-    const size_t esize = w->is64 ? sizeof(double) : sizeof(float);
+    const size_t osize = kind_size[w->out_kind];
     const int stream = w->stream;
+    vf64 buf[CHUNK / L64 + 1]; /* CHUNK values of the compute type (float32 or float64) */
     FOR_EACH_CHUNK(job, cur, x, nx, {
         if (w->outs[cur.t] != NULL) { /* NULL: a skipped piece (see py_combine) */
-            char *out = (char *)w->outs[cur.t] + (size_t)cur.s * esize;
-            if (w->is64)
+            char *out = (char *)w->outs[cur.t] + (size_t)cur.s * osize;
+            if (w->kind == KIND_F64) {
                 combine_double(k, (const double *const *)x, (const double *const *)nx, c64,
-                               (double *)out, cur.m, w->accumulate, stream);
-            else
-                combine_float(k, (const float *const *)x, (const float *const *)nx, c32,
-                              (float *)out, cur.m, w->accumulate, stream);
+                               cur.m, buf);
+                store_double((double *)out, buf, cur.m, w->accumulate, stream);
+            } else {
+                vf32 *b32 = (vf32 *)buf;
+                if (w->kind == KIND_BF16)
+                    combine_bf16(k, (const uint16_t *const *)x, (const uint16_t *const *)nx,
+                                 c32, cur.m, b32);
+                else
+                    combine_float(k, (const float *const *)x, (const float *const *)nx, c32,
+                                  cur.m, b32);
+                if (w->out_kind == KIND_BF16)
+                    store_bf16((uint16_t *)out, (const float *)b32, cur.m, w->accumulate);
+                else
+                    store_float((float *)out, b32, cur.m, w->accumulate, stream);
+            }
         }
     });
 #if HAVE_STREAM
@@ -505,6 +572,15 @@ fail:
     return -1;
 }
 
+static int check_kind(const char *name, int kind) {
+    if (kind < KIND_F32 || kind > KIND_BF16) {
+        PyErr_Format(PyExc_ValueError, "%s = %d is not 0 (float32), 1 (float64) or 2 (bfloat16)",
+                     name, kind);
+        return -1;
+    }
+    return 0;
+}
+
 static int check_common(int k, int nthreads) {
     if (k < 1 || k > MAX_K) {
         PyErr_Format(PyExc_ValueError, "k = %d is outside 1..%d", k, MAX_K);
@@ -518,12 +594,12 @@ static int check_common(int k, int nthreads) {
 }
 
 static PyObject *py_gram(PyObject *self, PyObject *args) {
-    int k, is64, nthreads;
+    int k, kind, nthreads;
     PyObject *rows_obj, *lens_obj;
-    if (!PyArg_ParseTuple(args, "iOOpi", &k, &rows_obj, &lens_obj, &is64, &nthreads)) return NULL;
-    if (check_common(k, nthreads) < 0) return NULL;
+    if (!PyArg_ParseTuple(args, "iOOii", &k, &rows_obj, &lens_obj, &kind, &nthreads)) return NULL;
+    if (check_common(k, nthreads) < 0 || check_kind("kind", kind) < 0) return NULL;
     work_t w = {0};
-    w.is64 = is64;
+    w.kind = kind;
     int64_t total = 0;
     if (parse_work(k, rows_obj, lens_obj, &w, &total) < 0) {
         PyMem_Free(w.rows);
@@ -560,14 +636,24 @@ static PyObject *py_gram(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_combine(PyObject *self, PyObject *args) {
-    int k, is64, nthreads, accumulate, stream;
+    int k, kind, nthreads, out_kind, accumulate, stream;
     PyObject *rows_obj, *lens_obj, *outs_obj, *coeffs_obj;
-    if (!PyArg_ParseTuple(args, "iOOpiOOpp", &k, &rows_obj, &lens_obj, &is64, &nthreads, &outs_obj,
-                          &coeffs_obj, &accumulate, &stream))
+    if (!PyArg_ParseTuple(args, "iOOiiOiOpp", &k, &rows_obj, &lens_obj, &kind, &nthreads, &outs_obj,
+                          &out_kind, &coeffs_obj, &accumulate, &stream))
         return NULL;
-    if (check_common(k, nthreads) < 0) return NULL;
+    if (check_common(k, nthreads) < 0 || check_kind("kind", kind) < 0 ||
+        check_kind("out_kind", out_kind) < 0)
+        return NULL;
+    if ((kind == KIND_F64) != (out_kind == KIND_F64)) {
+        PyErr_Format(PyExc_ValueError,
+                     "out_kind = %d with kind = %d: float64 (1) rows and outputs go together; "
+                     "float32 (0) and bfloat16 (2) mix freely",
+                     out_kind, kind);
+        return NULL;
+    }
     work_t w = {0};
-    w.is64 = is64;
+    w.kind = kind;
+    w.out_kind = out_kind;
     w.accumulate = accumulate;
     int64_t total = 0;
     double coeffs[MAX_K];
@@ -613,12 +699,13 @@ static PyObject *py_combine(PyObject *self, PyObject *args) {
      * output is one of the rows) is fine: each chunk is read before it is written. */
     ret = PyList_New(0);
     if (!ret) goto done;
-    const size_t esize = is64 ? sizeof(double) : sizeof(float);
     for (Py_ssize_t i = 0; i < w.npieces; i++) {
-        uintptr_t o = (uintptr_t)w.outs[i], n = (uintptr_t)w.len[i] * esize;
-        for (int r = 0; r < k && n > 0; r++) {
+        uintptr_t o = (uintptr_t)w.outs[i], no = (uintptr_t)w.len[i] * kind_size[out_kind];
+        uintptr_t nx = (uintptr_t)w.len[i] * kind_size[kind];
+        for (int r = 0; r < k && no > 0; r++) {
             uintptr_t x = (uintptr_t)w.rows[i * k + r];
-            if (x != 0 && x != o && x < o + n && o < x + n) {
+            int alias = x == o && kind == out_kind;
+            if (x != 0 && !alias && x < o + no && o < x + nx) {
                 PyObject *index = PyLong_FromSsize_t(i);
                 if (!index || PyList_Append(ret, index) < 0) {
                     Py_XDECREF(index);
@@ -646,10 +733,12 @@ done:
 
 static PyMethodDef methods[] = {
     {"gram", py_gram, METH_VARARGS,
-     "gram(k, rows, lens, is64, nthreads) -> list of k*k floats (the symmetric Gram).\n\n"
-     "rows: len(lens) * k data pointers (0 for zeros), piece-major; lens: values per piece."},
+     "gram(k, rows, lens, kind, nthreads) -> list of k*k floats (the symmetric Gram).\n\n"
+     "rows: len(lens) * k data pointers (0 for zeros), piece-major; lens: values per piece;\n"
+     "kind: 0 float32, 1 float64, 2 bfloat16."},
     {"combine", py_combine, METH_VARARGS,
-     "combine(k, rows, lens, is64, nthreads, outs, coeffs, accumulate, stream) -> skipped.\n\n"
+     "combine(k, rows, lens, kind, nthreads, outs, out_kind, coeffs, accumulate, stream)\n"
+     "-> skipped.\n\n"
      "Writes (or adds) sum_r coeffs[r] * rows[t*k + r] into outs[t] for every piece t, with\n"
      "non-temporal stores if stream (and not accumulate). Returns the pieces left unwritten\n"
      "because their output partially overlaps one of their rows."},

@@ -60,7 +60,11 @@ def _ptrs(rows) -> list[int]:
     return [0 if x is None else x.data_ptr() for piece in rows for x in piece]
 
 
+KIND = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+
+
 def _unit(dtype: torch.dtype) -> float:
+    """Unit round-off of the compute precision (bfloat16 is widened exactly to float32)."""
     return 2.0**-53 if dtype == torch.float64 else 2.0**-24
 
 
@@ -76,14 +80,14 @@ def _assert_gram(values: list[float], j: torch.Tensor, dtype: torch.dtype) -> No
     assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", list(KIND))
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 7, 8, 9, 12, 17])
 def test_gram_every_tile_shape_and_length(k: int, dtype: torch.dtype) -> None:
     """K = 1…17 covers every diagonal tile (1…4 rows) and off-diagonal tile (up to 4×4); the
     lengths cover the vector tails and chunk edges; pieces and absent rows in one call."""
     rows, j = _pieces(k, LENGTHS, dtype, none_every=4)
     for threads in (1, 2, 3):
-        values = native.gram(k, _ptrs(rows), list(LENGTHS), dtype == torch.float64, threads)
+        values = native.gram(k, _ptrs(rows), list(LENGTHS), KIND[dtype], threads)
         _assert_gram(values, j, dtype)
 
 
@@ -110,33 +114,104 @@ def _assert_combined(out: torch.Tensor, want: torch.Tensor, size: torch.Tensor, 
     assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}"
 
 
+def _rounded(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype).double()
+
+
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("dtype", "out_dtype"),
+    [
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+    ],
+)
 @pytest.mark.parametrize("k", [1, 2, 3, 8])
-def test_combine_lengths_threads_and_streaming(k: int, dtype: torch.dtype, stream: bool) -> None:
+def test_combine_lengths_threads_and_streaming(
+    k: int, dtype: torch.dtype, out_dtype: torch.dtype, stream: bool
+) -> None:
     rows, j = _pieces(k, LENGTHS, dtype, none_every=3)
     a = torch.linspace(-1.0, 2.0, k, dtype=torch.float64)
-    if dtype == torch.float32:
+    if dtype != torch.float64:
         a = a.float().double()  # the kernel rounds the coefficients to the compute dtype
     want = a @ j
     size = a.abs() @ j.abs()
     for threads in (1, 2, 3):
         for accumulate in (False, True):
-            outs = [torch.full((n,), 0.5 if accumulate else math.nan, dtype=dtype) for n in LENGTHS]
+            start = 0.5 if accumulate else math.nan
+            outs = [torch.full((n,), start, dtype=out_dtype) for n in LENGTHS]
             native.combine(
                 k,
                 _ptrs(rows),
                 list(LENGTHS),
-                dtype == torch.float64,
+                KIND[dtype],
                 threads,
                 [o.data_ptr() for o in outs],
+                KIND[out_dtype],
                 a.tolist(),
                 accumulate,
                 stream,
             )
-            flat = torch.cat(outs) if outs else torch.zeros(0)
+            flat = torch.cat(outs)
             base = 0.5 if accumulate else 0.0
+            if out_dtype == torch.bfloat16:
+                # One rounding to bfloat16 of the float32 sum: within half an ulp of it, and
+                # bit for bit the rounding torch does of the same float32 values.
+                exact = want + base
+                assert bool(
+                    (
+                        (flat - exact).abs()
+                        <= 2.0**-8 * exact.abs() + 8 * _unit(dtype) * (size + base)
+                    ).all()
+                )
+                continue
             _assert_combined(flat, want + base, size + base, dtype)
+
+
+def test_bfloat16_rounding_is_nearest_even_and_keeps_nan() -> None:
+    """The kernel's float32 → bfloat16 rounding against torch's, on values built to hit ties,
+    carries into the exponent, overflow to Inf, subnormals, signed zeros, Inf and NaN."""
+    bits = torch.tensor(
+        [
+            0x3F808000,
+            0x3F818000,
+            0x3F80C000,
+            0x3F807FFF,
+            0x7F7FFFFF,
+            0x7F7F8000,
+            0x00008000,
+            0x80018000,
+            0x80000000,
+            0x00000000,
+            0x7F800000,
+            0xFF800000,
+            0x7FC00001,
+            0xFF800001,
+            0x3FFFFFFF,
+            0x477FE000,
+        ],
+        dtype=torch.int64,
+    ).to(torch.int32)
+    values = bits.view(torch.float32).repeat(200)  # long enough for the vector loops too
+    out = torch.empty(values.numel(), dtype=torch.bfloat16)
+    native.combine(
+        1, [values.data_ptr()], [values.numel()], 0, 1, [out.data_ptr()], 2, [1.0], False, False
+    )
+    got, want = out.float(), values.bfloat16().float()
+    assert bool(torch.equal(got.isnan(), want.isnan()))
+    finite = ~want.isnan()
+    assert torch.equal(got[finite].view(torch.int16), want[finite].view(torch.int16))
+    # Accumulating into bfloat16 adds in float32 and rounds once.
+    acc = torch.full((values.numel(),), 1.0, dtype=torch.bfloat16)
+    native.combine(
+        1, [values.data_ptr()], [values.numel()], 0, 1, [acc.data_ptr()], 2, [1.0], True, False
+    )
+    want = (values + 1.0).bfloat16().float()
+    finite = ~want.isnan()
+    assert torch.equal(acc.float()[finite].view(torch.int32), want[finite].view(torch.int32))
+    assert bool(torch.equal(acc.float().isnan(), want.isnan()))
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2, 3])
@@ -145,7 +220,7 @@ def test_combine_streams_into_misaligned_outputs(offset: int) -> None:
     rows, j = _pieces(2, (5000,), torch.float32)
     base = torch.full((5000 + offset,), math.nan)
     out = base[offset:]
-    native.combine(2, _ptrs(rows), [5000], False, 2, [out.data_ptr()], [0.5, -2.0], False, True)
+    native.combine(2, _ptrs(rows), [5000], 0, 2, [out.data_ptr()], 0, [0.5, -2.0], False, True)
     want = torch.tensor([0.5, -2.0], dtype=torch.float64) @ j
     _assert_combined(
         out, want, torch.tensor([0.5, 2.0], dtype=torch.float64) @ j.abs(), torch.float32
@@ -157,7 +232,7 @@ def test_combine_into_one_of_its_rows() -> None:
     rows, j = _pieces(3, (10_000,), torch.float32, seed=5)
     target = rows[0][1]
     native.combine(
-        3, _ptrs(rows), [10_000], False, 2, [target.data_ptr()], [1.0, 2.0, 3.0], False, True
+        3, _ptrs(rows), [10_000], 0, 2, [target.data_ptr()], 0, [1.0, 2.0, 3.0], False, True
     )
     want = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) @ j
     _assert_combined(
@@ -174,7 +249,7 @@ def test_nonfinite_values_propagate_through_absent_rows() -> None:
     assert values[3] == 0.0
     out = torch.zeros(3000)
     native.combine(
-        2, [x.data_ptr(), 0], [3000], False, 1, [out.data_ptr()], [0.0, 1.0], False, False
+        2, [x.data_ptr(), 0], [3000], 0, 1, [out.data_ptr()], 0, [0.0, 1.0], False, False
     )
     assert math.isnan(out[2500]) and bool(torch.isfinite(torch.cat([out[:2500], out[2501:]])).all())
 
@@ -220,13 +295,16 @@ def test_gram_argument_checks(args, error, match: str) -> None:
 
 def test_combine_argument_checks() -> None:
     x, out = torch.randn(10), torch.empty(10)
-    good = (1, [x.data_ptr()], [10], False, 1, [out.data_ptr()], [1.0], False, False)
+    good = (1, [x.data_ptr()], [10], 0, 1, [out.data_ptr()], 0, [1.0], False, False)
     native.combine(*good)
     torch.testing.assert_close(out, x)
     for i, bad, match in [
         (5, [], r"outs has 0 pointers, expected 1"),
         (5, [0], r"outs\[0\] is a null pointer for 10 values"),
-        (6, [1.0, 2.0], r"coeffs has 2 values, expected k = 1"),
+        (7, [1.0, 2.0], r"coeffs has 2 values, expected k = 1"),
+        (3, 3, r"kind = 3 is not 0 \(float32\), 1 \(float64\) or 2 \(bfloat16\)"),
+        (6, -1, r"out_kind = -1 is not 0"),
+        (6, 1, r"out_kind = 1 with kind = 0: float64 \(1\) rows and outputs go together"),
     ]:
         args = list(good)
         args[i] = bad
@@ -238,8 +316,9 @@ def test_combine_argument_checks() -> None:
 
 
 def test_mixed_dtypes_split_between_kernels_and_torch_ops(monkeypatch) -> None:
-    """float32 and float64 slots go to the kernels (one call each), 16-bit ones to torch ops,
-    in one Gram; outputs of another dtype than their gradients are written on torch ops."""
+    """float32, float64 and bfloat16 slots go to the kernels (one call per dtype), float16 ones
+    to torch ops, in one Gram; outputs go to the kernels in their gradients' dtype, or across
+    float32 and bfloat16, and to torch ops otherwise (a float64 output of float32 gradients)."""
     calls: list[tuple[str, torch.dtype | None]] = []
     real_native, real_ops = primitives._gram_native, primitives._gram_torch_ops
     monkeypatch.setattr(
@@ -259,20 +338,35 @@ def test_mixed_dtypes_split_between_kernels_and_torch_ops(monkeypatch) -> None:
     want = conflict_opt.gram(grads, backend="reference")
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert sorted(calls, key=str) == sorted(
-        [("native", torch.float32), ("native", torch.float64), ("ops", torch.bfloat16)], key=str
+        [
+            ("native", torch.float32),
+            ("native", torch.float64),
+            ("native", torch.bfloat16),
+            ("ops", torch.float16),
+        ],
+        key=str,
     )
 
-    combined: list[list[int]] = []
+    combined: list[tuple[list[int], tuple[torch.dtype, torch.dtype]]] = []
     real_combine = primitives._combine_native
     monkeypatch.setattr(
         primitives,
         "_combine_native",
-        lambda outs, g, slots, *rest: combined.append(slots) or real_combine(outs, g, slots, *rest),
+        lambda outs, g, slots, dts, *rest: (
+            combined.append((slots, dts)) or real_combine(outs, g, slots, dts, *rest)
+        ),
     )
-    outs = [torch.full((300,), math.nan, dtype=dt) for dt in dtypes]
-    outs[3] = torch.full((300,), math.nan, dtype=torch.bfloat16)  # float32 gradients, bf16 out
+    out_dtypes = [torch.bfloat16, torch.float32, torch.float64, torch.float64, torch.float16]
+    outs = [torch.full((300,), math.nan, dtype=dt) for dt in out_dtypes]
     conflict_opt.combine_(outs, grads, [0.5, 0.25, -1.0], backend="torch")
-    assert sorted(combined) == [[0], [2]]
+    assert sorted(combined, key=str) == sorted(
+        [
+            ([0], (torch.float32, torch.bfloat16)),
+            ([1], (torch.bfloat16, torch.float32)),
+            ([2], (torch.float64, torch.float64)),
+        ],
+        key=str,
+    )
     ref = [torch.empty(300, dtype=o.dtype) for o in outs]
     conflict_opt.combine_(ref, grads, [0.5, 0.25, -1.0], backend="reference")
     for got_o, want_o in zip(outs, ref, strict=True):
@@ -294,6 +388,7 @@ def test_partially_overlapping_outputs_are_skipped_and_returned() -> None:
         False,
         1,
         [clear.data_ptr(), overlapping.data_ptr(), g1.data_ptr()],
+        0,
         [1.0, 1.0],
         False,
         False,
