@@ -564,7 +564,8 @@ class MultiObjectiveOptimizer:
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         # The diagnostics are a function of (h, w, result), computed when last_info is read:
         # about a dozen small ops that a step whose diagnostics nobody reads need not pay.
-        self._info_source = (h, w, result)
+        # The user's weight tensor may change in place before then: keep this solve's.
+        self._info_source = (h, w.clone() if w is self.weights else w, result)
         self._skipped = None
 
     @property

@@ -550,3 +550,22 @@ def test_last_info_is_the_same_whenever_it_is_read() -> None:
             torch.testing.assert_close(eager.last_info[key], value, rtol=0, atol=0)
         for key, value in first.items():  # read before step: the same solve's values
             torch.testing.assert_close(eager.last_info[key], value, rtol=0, atol=0)
+
+
+def test_last_info_keeps_the_weights_of_its_solve() -> None:
+    """Weights changed in place after a step do not leak into that step's diagnostics."""
+    model = _model(seed=5)
+    weights = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), weights)
+    x, y = _data(0)
+    opt.zero_grad()
+    opt.step(model.losses(x, y))
+    info = opt.last_info
+    want = {key: v.clone() for key, v in info.items()}
+    model2 = _model(seed=5)
+    opt2 = MultiObjectiveOptimizer(torch.optim.SGD(model2.parameters(), lr=0.1), weights.clone())
+    opt2.zero_grad()
+    opt2.step(model2.losses(x, y))
+    opt2.weights.copy_(torch.tensor([0.1, 0.1, 0.8], dtype=torch.float64))  # before any read
+    for key, value in opt2.last_info.items():
+        torch.testing.assert_close(value, want[key], rtol=0, atol=0)
