@@ -667,27 +667,30 @@ def _gram_native(g: Grads, slots: list[int], dtype: torch.dtype) -> torch.Tensor
 
 def _native_split(
     g: Grads, out_dtypes: Sequence[torch.dtype | None] | None = None
-) -> tuple[dict[tuple[torch.dtype, torch.dtype | None], list[int]], list[int]]:
-    """Slots for the native kernels, by (gradient dtype, output dtype), and the rest (empty and
-    all-None slots dropped). ``out_dtypes``: the combination's output dtype per slot, None for
-    an output the kernels cannot write; omitted for the Gram."""
+) -> tuple[dict[tuple[torch.dtype, torch.dtype | None], list[int]], list[int], list[int]]:
+    """Slots for the native kernels, by (gradient dtype, output dtype); the other non-empty
+    slots, for torch ops; and the empty or all-None slots (nothing to read: the Gram skips
+    them, the combination zeroes their outputs). ``out_dtypes``: the combination's output
+    dtype per slot, None for an output the kernels cannot write; omitted for the Gram."""
     native: dict[tuple[torch.dtype, torch.dtype | None], list[int]] = {}
     rest: list[int] = []
+    empty: list[int] = []
     for t, (dtype, n) in enumerate(zip(g.dtypes, g.numels, strict=True)):
         if dtype is None or n == 0:
+            empty.append(t)
             continue
         out = None if out_dtypes is None else out_dtypes[t]
         if dtype in _NATIVE_KIND and (out_dtypes is None or out is not None):
             native.setdefault((dtype, out), []).append(t)
         else:
             rest.append(t)
-    return native, rest
+    return native, rest, empty
 
 
 def _gram_torch(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
     if not _use_native(g.device):
         return _gram_torch_ops(g, accumulate_dtype)
-    native, rest = _native_split(g)
+    native, rest, _ = _native_split(g)
     total = torch.zeros(g.k, g.k, dtype=torch.float64)
     for (dtype, _), slots in native.items():
         total += _gram_native(g, slots, dtype)
@@ -798,17 +801,14 @@ def _combine_torch(
     # An output that is exactly one of its gradients is fine (each chunk is read before it is
     # written); a partial overlap is found and skipped by the kernel.
     out_dtypes = [_native_out_dtype(o, d) for o, d in zip(outs, g.dtypes, strict=True)]
-    native, rest = _native_split(g, out_dtypes)
+    native, rest, empty = _native_split(g, out_dtypes)
     if native:
         coeffs = a.tolist()  # a CPU tensor: its values are already on the host
         for dtypes, slots in native.items():
             rest += _combine_native(outs, g, slots, dtypes, coeffs, accumulate)
     # Parameters no objective reaches get zeros (or are left alone), as on torch ops.
-    rest += [
-        t for t, (d, n) in enumerate(zip(g.dtypes, g.numels, strict=True)) if d is None or n == 0
-    ]
+    rest += empty
     if rest:
-        rest.sort()
         _combine_torch_ops(tuple(outs[t] for t in rest), _subset(g, rest), a, accumulate)
 
 

@@ -3,7 +3,7 @@
 The dispatch-level tables of test_primitives.py already run every case through them (backend
 "torch" on CPU). Here: the kernels called directly over the shapes that hit each of their
 branches (every 4×4 register-tile shape, chunk and vector-width boundaries, several pieces,
-absent rows, 1…5 threads, non-temporal stores, misaligned and aliased outputs), the module's
+absent rows, 1 to 256 threads, non-temporal stores, misaligned and aliased outputs), the module's
 own argument checks, and the routing between the kernels and the torch-ops path.
 """
 
@@ -112,10 +112,6 @@ def _assert_combined(out: torch.Tensor, want: torch.Tensor, size: torch.Tensor, 
     tol = 8 * _unit(dtype) * size + 1e-300
     err = (out.double() - want).abs()
     assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}"
-
-
-def _rounded(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.to(dtype).double()
 
 
 @pytest.mark.parametrize("stream", [False, True])
