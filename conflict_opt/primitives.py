@@ -24,9 +24,9 @@ one write of P values for the combination). Three backends share one signature:
 ``"auto"`` picks ``"triton"`` for CUDA tensors when triton is importable and not disabled by
 ``CONFLICT_OPT_DISABLE_TRITON=1``, else ``"torch"``. An explicit backend is honoured or raises.
 
-Precision: sums over a block (at most 2²⁰ values on torch ops, 2,048 in the native kernels) run
-in the input's precision promoted to at least float32 (float64 inputs stay float64); block sums
-are accumulated in at least ``accumulate_dtype`` (Gram) or written in the output's dtype
+Precision: sums over a block (at most 2²⁰ values on torch ops, 8,192 in the native Gram
+kernel) run in the input's precision promoted to at least float32 (float64 inputs stay float64);
+block sums are accumulated in at least ``accumulate_dtype`` (Gram) or written in the output's dtype
 (combination). docs/kernels.md has the details and the benchmark table.
 """
 

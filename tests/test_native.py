@@ -22,8 +22,9 @@ native = primitives._native
 pytestmark = pytest.mark.skipif(native is None, reason="conflict_opt._native is not built")
 
 # Lengths around the vector width (16 float32 / 8 float64 lanes, unrolled up to 4×) and the
-# chunk (native.CHUNK values).
-LENGTHS = (0, 1, 7, 15, 16, 17, 63, 64, 65, 2047, 2048, 2049, 5000)
+# chunks of both kernels (native.COMBINE_CHUNK and native.GRAM_CHUNK values).
+_EDGES = (native.COMBINE_CHUNK, native.GRAM_CHUNK) if native is not None else ()
+LENGTHS = (0, 1, 7, 15, 16, 17, 63, 64, 65, *(n + d for n in _EDGES for d in (-1, 0, 1)), 20_000)
 
 
 def _pieces(k: int, lens: tuple[int, ...], dtype: torch.dtype, *, none_every: int = 0, seed=0):
@@ -101,7 +102,7 @@ def test_gram_thread_split_over_pieces(threads: int) -> None:
 
 def test_gram_is_bitwise_the_same_for_any_thread_count() -> None:
     """Blocks depend on the size of the work only, and their partials are added in order."""
-    lens = (9000, 1, 300_000, 2048, 0, 40_001)
+    lens = (9000, 1, 700_000, 2048, 0, 40_001)
     rows, _ = _pieces(5, lens, torch.float32, none_every=4, seed=1)
     first = native.gram(5, _ptrs(rows), list(lens), False, 1)
     for threads in (2, 3, 4, 7, 64, 256):
