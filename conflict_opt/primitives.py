@@ -71,12 +71,13 @@ else:
 _NATIVE_BUILT = sys.platform != "win32"
 # Gradient dtypes of the native kernels, with the kernels' code for each.
 _NATIVE_KIND = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
-# Values per thread below which the native kernels use fewer threads. Starting a thread costs
-# tens of µs, and right after a backward pass torch's OpenMP workers still spin on the cores
-# for a while: measured inside training steps of 0.6M and 0.8M parameters (K = 2, 2 cores),
-# two threads made the Gram and the combination 1.3 to 6× slower than one. From 2²¹ values
-# per thread (≥ 0.3 ms of work each) the second thread pays for itself.
-_NATIVE_PER_THREAD = 1 << 21
+# Values per thread below which the native kernels use fewer threads. Their threads come from
+# torch's own OpenMP pool (csrc/multi_tensor_cpu.c, run_split): right after a torch op its
+# workers are still spinning and join at once, and measured there (K = 4, 2 cores) two threads
+# made both kernels about 2× faster than one from 64K values per objective. A pool that has
+# gone to sleep takes 50-100 µs to wake on the benchmark VM, which two threads win back from
+# about 2¹⁷ values each.
+_NATIVE_PER_THREAD = 1 << 17
 # Outputs of the combination of at least this many bytes (beyond this class of machine's caches)
 # are written with non-temporal stores: no read of their old contents into cache first.
 _NATIVE_STREAM_BYTES = 32 << 20

@@ -24,10 +24,11 @@
  * module is compiled with reassociation allowed (so that reductions vectorise) but without
  * -ffinite-math-only. A null row pointer stands for a gradient of zeros (NaN * 0 stays NaN).
  *
- * The GIL is released while the kernels run. Threads are POSIX threads created per call; the
- * caller decides how many (the Python side passes torch.get_num_threads(), and 1 for small P).
- * They share the work as blocks taken from a counter (see run_split), and the Gram does not
- * depend on the number of threads.
+ * The GIL is released while the kernels run. Threads are an OpenMP team from torch's own pool
+ * where the module is built with OpenMP, POSIX threads created per call otherwise (run_split);
+ * the caller decides how many (the Python side passes at most torch.get_num_threads()). They
+ * share the work as blocks taken from a counter, and the Gram does not depend on the number of
+ * threads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -514,14 +515,30 @@ static int plan_blocks(int64_t total, int64_t chunk, int64_t *per) {
     return n > 0 ? (int)n : 1;
 }
 
-/* Run fn over [0, total) on nthreads threads (the calling thread is one of them; a thread that
- * cannot be created costs speed, not correctness: the others take its blocks). */
+/* Run fn over [0, total) on nthreads threads, the calling thread one of them.
+ *
+ * Built with OpenMP (setup.py: GCC on Linux), the threads are an OpenMP team. The extension
+ * then links libgomp.so.1 by soname, and since torch is imported first (conflict_opt imports
+ * it before this module), the dynamic loader binds it to torch's own copy: the team comes
+ * from the pool whose workers torch's ops leave spinning for a while after each parallel
+ * region. Separate POSIX threads would compete with those spinning workers for the cores:
+ * right after a torch op, both kernels ran 30-40% slower on the 2-core benchmark VM.
+ *
+ * Otherwise (no OpenMP) they are POSIX threads created per call; a thread that cannot be
+ * created costs speed, not correctness: the others take its blocks. */
 static void run_split(range_fn fn, const work_t *w, int64_t total, int nthreads, int nblocks,
                       int64_t per, double *partials) {
     pool_t pool = {fn, w, total, per, nblocks, 0, partials};
+    if (nthreads > nblocks) nthreads = nblocks;
+#ifdef _OPENMP
+    if (nthreads > 1) {
+#pragma omp parallel num_threads(nthreads)
+        worker(&pool);
+        return;
+    }
+#endif
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS];
-    if (nthreads > nblocks) nthreads = nblocks;
     for (int i = 1; i < nthreads; i++) started[i] = pthread_create(&tids[i], NULL, worker, &pool) == 0;
     worker(&pool);
     for (int i = 1; i < nthreads; i++)
@@ -763,7 +780,12 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (m == NULL) return NULL;
     if (PyModule_AddIntConstant(m, "GRAM_CHUNK", GRAM_CHUNK) < 0 ||
         PyModule_AddIntConstant(m, "COMBINE_CHUNK", COMBINE_CHUNK) < 0 ||
-        PyModule_AddIntConstant(m, "MAX_K", MAX_K) < 0) {
+        PyModule_AddIntConstant(m, "MAX_K", MAX_K) < 0 ||
+#ifdef _OPENMP
+        PyModule_AddIntConstant(m, "OPENMP", 1) < 0) {
+#else
+        PyModule_AddIntConstant(m, "OPENMP", 0) < 0) {
+#endif
         Py_DECREF(m);
         return NULL;
     }

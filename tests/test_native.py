@@ -10,6 +10,7 @@ own argument checks, and the routing between the kernels and the torch-ops path.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 
 import pytest
@@ -267,6 +268,23 @@ def test_concurrent_calls_from_python_threads() -> None:
         t.join()
     assert len(results) == 20 and all(r == results[0] for r in results)
     _assert_gram(results[0], j, torch.float32)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenMP build: Linux only")
+def test_openmp_threads_are_torchs_own_runtime() -> None:
+    """Built with OpenMP, the kernels' threads must be the workers of torch's OpenMP runtime,
+    not of a second copy of libgomp competing with it for the cores (csrc, run_split)."""
+    assert native.OPENMP in (0, 1)
+    if not native.OPENMP:
+        pytest.skip("built without OpenMP (POSIX threads)")
+    with open("/proc/self/maps") as maps:
+        loaded = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(loaded) == 1, loaded
+    # And a parallel call from the OpenMP build gives the single-thread Gram bit for bit.
+    rows, _ = _pieces(3, (200_000,), torch.float32, seed=2)
+    assert native.gram(3, _ptrs(rows), [200_000], 0, 2) == native.gram(
+        3, _ptrs(rows), [200_000], 0, 1
+    )
 
 
 @pytest.mark.parametrize(
