@@ -8,8 +8,9 @@ the targets' ratios. Run::
 
     python -m pytest benchmarks/test_bench_primitives.py --benchmark-json=/tmp/prim.json -q
     python benchmarks/primitives_memory.py --out /tmp/prim_memory.json
+    python benchmarks/primitives_paired.py --out /tmp/prim_paired.json
     python benchmarks/report_primitives.py /tmp/prim.json /tmp/prim_memory.json \\
-        --save benchmarks/results/primitives_cpu.json
+        --paired /tmp/prim_paired.json --save benchmarks/results/primitives_cpu.json
 
 Environment: ``CONFLICT_OPT_BENCH_PRIMITIVE_THREADS`` (default: every core) sets torch's
 threads for these benchmarks only (the solver benchmarks pin one); ``CONFLICT_OPT_BENCH_DEVICE``
