@@ -16,6 +16,7 @@ import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError, LinkError
 
 # Reassociation lets the compiler vectorise the reductions; -ffast-math is deliberately not
 # used, since its -ffinite-math-only would break the propagation of NaN and Inf.
@@ -51,7 +52,7 @@ class BuildExt(build_ext):
             try:
                 objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
                 self.compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=[flag])
-            except Exception:  # CompileError / LinkError: no OpenMP with this compiler
+            except (CompileError, LinkError):  # no OpenMP with this compiler
                 return False
         return True
 

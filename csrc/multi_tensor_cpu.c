@@ -20,9 +20,8 @@
  * Precision: float32 and bfloat16 values (widened exactly) are multiplied and summed in float32
  * within a chunk of at most GRAM_CHUNK values (at least 16 lanes per pair, so each lane sums at
  * most GRAM_CHUNK / 16 = 512 products), then each chunk sum is added in float64. float64 stays
- * float64 throughout. NaN and Inf propagate: the
- * module is compiled with reassociation allowed (so that reductions vectorise) but without
- * -ffinite-math-only. A null row pointer stands for a gradient of zeros (NaN * 0 stays NaN).
+ * float64 throughout. NaN and Inf propagate: the module is compiled with reassociation allowed
+ * (so that reductions vectorise) but without -ffinite-math-only. A null row pointer stands for a gradient of zeros (NaN * 0 stays NaN).
  *
  * The GIL is released while the kernels run. Threads are an OpenMP team from torch's own pool
  * where the module is built with OpenMP, POSIX threads created per call otherwise (run_split);
@@ -367,8 +366,8 @@ static inline void stream_copy(float *dst, const float *src, int64_t n) {
 }
 #endif
 
-/* buf = sum_r c[r] * x[r] over m <= COMBINE_CHUNK values, in the compute type T: one pass per row
- * over a chunk buffer in L1. Each row's pass prefetches the row's next chunk (nx[r]) into L2.
+/* buf = sum_r c[r] * x[r] over m <= COMBINE_CHUNK values, in the compute type T: one pass per
+ * row over a chunk buffer in L1. Each row's pass prefetches the row's next chunk (nx[r]) into L2.
  * The output is written afterwards (store_*), so it may be one of the x[r] (an exact alias). */
 #define DEFINE_COMBINE(NAME, E, T, V, LN, LOAD, CVT)                                            \
     static inline __attribute__((always_inline)) void combine_##NAME(                          \
@@ -523,6 +522,10 @@ static int plan_blocks(int64_t total, int64_t chunk, int64_t *per) {
  * from the pool whose workers torch's ops leave spinning for a while after each parallel
  * region. Separate POSIX threads would compete with those spinning workers for the cores:
  * right after a torch op, both kernels ran 30-40% slower on the 2-core benchmark VM.
+ *
+ * Like torch's own parallel ops, an OpenMP team must not be started in a process forked after
+ * the pool was used (libgomp's threads do not survive fork); torch's DataLoader workers set one
+ * thread, and with one thread no team is started.
  *
  * Otherwise (no OpenMP) they are POSIX threads created per call; a thread that cannot be
  * created costs speed, not correctness: the others take its blocks. */

@@ -10,6 +10,8 @@ own argument checks, and the routing between the kernels and the torch-ops path.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import sys
 import threading
 
@@ -479,3 +481,25 @@ def test_disabled_and_missing_kernels(monkeypatch) -> None:
     monkeypatch.setattr(primitives, "_NATIVE_BUILT", False)
     assert "not built on Windows" in primitives.native_unavailable()
     torch.testing.assert_close(conflict_opt.gram(grads, backend="torch"), want)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_with_one_thread_runs_the_kernels() -> None:
+    """libgomp's pool does not survive fork; a forked child with torch.set_num_threads(1)
+    (what DataLoader workers do) must run both kernels on its own thread, without hanging."""
+    script = """
+import os, torch, conflict_opt
+g = [[torch.randn(300_000)] for _ in range(3)]
+want = conflict_opt.gram(g, backend="torch")  # the parent uses the pool first
+pid = os.fork()
+if pid == 0:
+    torch.set_num_threads(1)
+    ok = torch.equal(conflict_opt.gram(g, backend="torch"), want)
+    out = [torch.empty(300_000)]
+    conflict_opt.combine_(out, g, [0.5, 0.25, 0.25], backend="torch")
+    os._exit(0 if ok and bool(torch.isfinite(out[0]).all()) else 3)
+_, status = os.waitpid(pid, 0)
+raise SystemExit(os.waitstatus_to_exitcode(status))
+"""
+    done = subprocess.run([sys.executable, "-c", script], timeout=120, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
