@@ -144,11 +144,9 @@ def _as_grads_fast(k: int, per_objective: list[tuple[Any, ...]]) -> Grads | None
         return None
     if len(devices) > 1 or not _FLOAT_DTYPE_SET.issuperset(dtypes):
         return None
-    if not all(type(x) is torch.Tensor or isinstance(x, torch.Tensor) for x in first):
-        return None  # an object with tensor-like attributes
-    for seq in per_objective[1:]:
+    for seq in per_objective:
         if not all(type(x) is torch.Tensor or isinstance(x, torch.Tensor) for x in seq):
-            return None
+            return None  # an object with tensor-like attributes
     device = devices.pop() if devices else torch.device("cpu")
     return Grads(
         k, tuple(zip(*per_objective, strict=True)), tuple(shapes), tuple(dtypes), device, False
@@ -288,9 +286,14 @@ def _coeffs(coeffs: torch.Tensor | Sequence[float], k: int, device: torch.device
     return a.detach().to(device=device, dtype=torch.float64)
 
 
+def _env_flag(name: str) -> bool:
+    """Whether the switch ``name`` is set in the environment (1, true, yes or on)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def triton_unavailable(device: torch.device) -> str | None:
     """Why the triton backend cannot run on ``device`` (None when it can)."""
-    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    if _env_flag(DISABLE_ENV):
         return f"it is disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}"
     try:
         multi_tensor = importlib.import_module("conflict_opt.kernels.multi_tensor")
@@ -314,7 +317,7 @@ def native_unavailable() -> str | None:
     broken ``conflict_opt._native`` is an error, raised by the first CPU call of the torch
     backend rather than covered up.
     """
-    if os.environ.get(NATIVE_DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+    if _env_flag(NATIVE_DISABLE_ENV):
         return f"they are disabled by {NATIVE_DISABLE_ENV}={os.environ[NATIVE_DISABLE_ENV]}"
     if _native is None:
         where = "" if _NATIVE_BUILT else " (not built on Windows)"
@@ -325,15 +328,15 @@ def native_unavailable() -> str | None:
 def _use_native(device: torch.device) -> bool:
     """Whether the torch backend runs CPU float32/float64/bfloat16 work natively; raises for a
     broken install (the extension should be there but is not), naming the way out."""
-    if device.type != "cpu":
+    if device.type != "cpu" or _env_flag(NATIVE_DISABLE_ENV):
         return False
-    reason = native_unavailable()
-    if reason is None:
+    if _native is not None:
         return True
-    if _native is None and _NATIVE_BUILT and NATIVE_DISABLE_ENV not in reason:
+    if _NATIVE_BUILT:
         raise RuntimeError(
-            f"the torch backend's CPU kernels are missing: {reason}. Reinstall conflict-opt "
-            f"with a C compiler available, or set {NATIVE_DISABLE_ENV}=1 to run on torch ops."
+            f"the torch backend's CPU kernels are missing: {native_unavailable()}. Reinstall "
+            f"conflict-opt with a C compiler available, or set {NATIVE_DISABLE_ENV}=1 to run on "
+            "torch ops."
         )
     return False
 
