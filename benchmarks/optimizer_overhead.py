@@ -20,10 +20,10 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from round_robin import round_robin
 
 ROUTES = (
     "forward",
@@ -40,16 +40,7 @@ def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
     from optimizer_cases import route, setup
 
     s = setup(model, k)
-    calls = {name: route(name, s) for name in ROUTES}
-    for _ in range(3):  # warm-up: allocator, caches, optimizer state
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {name: [] for name in ROUTES}
-    for r in range(rounds):
-        for name in ROUTES if r % 2 == 0 else ROUTES[::-1]:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
+    times = round_robin({name: route(name, s) for name in ROUTES}, rounds, warmup=3)
     return [
         {
             "model": model,

@@ -21,10 +21,10 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from round_robin import round_robin
 
 PROVIDERS = ("limit", "torch", "torch_ops")
 SHAPES = ("P10M", "P50M", "transformer")  # the targets' shapes: P ≥ 10M
@@ -35,15 +35,7 @@ def measure(kind: str, shape: str, k: int, rounds: int) -> list[dict[str, object
 
     grads, p = inputs(k, shape)
     make = gram_call if kind == "gram" else combine_call
-    calls = {name: make(name, grads, p) for name in PROVIDERS}
-    for call in calls.values():  # warm-up: page faults of the outputs and the limit's buffer
-        call()
-    times: dict[str, list[float]] = {name: [] for name in PROVIDERS}
-    for r in range(rounds):
-        for name in PROVIDERS if r % 2 == 0 else PROVIDERS[::-1]:
-            start = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - start)
+    times = round_robin({name: make(name, grads, p) for name in PROVIDERS}, rounds)
     rows = []
     for name, ts in times.items():
         # The limit reads K·P values in either kind; the combination also writes P.
