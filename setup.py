@@ -1,5 +1,6 @@
 """The one compiled part of conflict_opt: ``conflict_opt._native``, the CPU kernels of the
-``"torch"`` primitives backend (csrc/multi_tensor_cpu.c). Everything else is declared in
+``"torch"`` primitives backend (csrc/multi_tensor_cpu.c) and the host solver's CAGrad solve
+(csrc/host_solve.c). Everything else is declared in
 pyproject.toml; this file only adds the extension, which needs a C compiler with POSIX threads
 (gcc or clang: Linux, macOS). It is not built on Windows, where the torch backend runs on
 torch's own CPU ops instead (``conflict_opt.primitives.native_unavailable()`` says so).
@@ -62,7 +63,8 @@ if sys.platform != "win32":
     extensions.append(
         Extension(
             "conflict_opt._native",
-            sources=["csrc/multi_tensor_cpu.c"],
+            sources=["csrc/multi_tensor_cpu.c", "csrc/host_solve.c"],
+            depends=["csrc/host_solve.h"],
             extra_compile_args=list(CFLAGS),
             extra_link_args=["-pthread"],
         )

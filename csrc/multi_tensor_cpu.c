@@ -37,6 +37,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "host_solve.h"
+
 /* Values per row per chunk. The Gram's K rows of 32 KiB (float32) stay in L2 while all their
  * products are formed; the combination's chunk buffer of 8 KiB stays in L1. (Measured on a
  * Zen 4 VM, 10M-50M values, K = 2...8: Gram chunks of 8192 read 0-53% faster than chunks of
@@ -770,6 +772,12 @@ static PyMethodDef methods[] = {
      "Writes (or adds) sum_r coeffs[r] * rows[t*k + r] into outs[t] for every piece t, with\n"
      "non-temporal stores if stream (and not accumulate). Returns the pieces left unwritten\n"
      "because their output partially overlaps one of their rows."},
+    {"cagrad_host", py_cagrad_host, METH_VARARGS,
+     "cagrad_host(ptr, k, stride0, stride1, weights, clip, c, floor, tol, budget,\n"
+     "            max_condition, snap, snap_cost, tol_optimal)\n"
+     "-> (coeffs, dual, clipped, gap, pieces) or None.\n\n"
+     "The host fast path's CAGrad solve (csrc/host_solve.c) of the float64 k x k Gram at ptr\n"
+     "(strides in elements); None where conflict_opt/solvers/_host.py would hand over too."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -785,6 +793,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (PyModule_AddIntConstant(m, "GRAM_CHUNK", GRAM_CHUNK) < 0 ||
         PyModule_AddIntConstant(m, "COMBINE_CHUNK", COMBINE_CHUNK) < 0 ||
         PyModule_AddIntConstant(m, "MAX_K", MAX_K) < 0 ||
+        PyModule_AddIntConstant(m, "HOST_MAX_K", HOST_MAX_K) < 0 ||
 #ifdef _OPENMP
         PyModule_AddIntConstant(m, "OPENMP", 1) < 0) {
 #else

@@ -1,7 +1,10 @@
 """The unbatched CPU fast path (conflict_opt/solvers/_host.py): when it answers, what it returns,
 and that everything it cannot certify reaches the torch path unchanged.
 
-Its accuracy against the cvxpy reference on the 2,100 generated problems is in test_parity.py.
+Every test runs twice: with the compiled CAGrad active set (csrc/host_solve.c, the default) and
+with ``CONFLICT_OPT_DISABLE_NATIVE=1`` (the numpy/LAPACK one). Their agreement with each other
+is in test_host_native.py, their accuracy against the cvxpy reference on the 2,100 generated
+problems in test_parity.py.
 """
 
 from __future__ import annotations
@@ -15,13 +18,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import conflict_opt
-from conflict_opt import Status
+from conflict_opt import Status, primitives
 from conflict_opt.solvers import _host
 
 from . import helpers
 
 BACKENDS = ("closed_form", "iterative")
 METHODS = ("cagrad_clip", "cagrad", "mgda")
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def host_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which active set the ``iterative`` host path uses for CAGrad methods."""
+    if request.param == "numpy":
+        monkeypatch.setenv(primitives.NATIVE_DISABLE_ENV, "1")
+    return request.param
 
 
 def backend_for(k: int, backend: str) -> str:

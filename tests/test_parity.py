@@ -17,7 +17,9 @@ vertex, edge, uniform). For each problem and method, checked independently of th
   error in p: MGDA's min-norm d can be orders of magnitude shorter than the gradients.
 
 Each problem is checked twice: in batches (the torch path) and one by one through the host path
-of unbatched CPU solves (solvers/_host.py), which must also answer every ordinary problem.
+of unbatched CPU solves (solvers/_host.py), which must also answer every ordinary problem. CAGrad
+methods on the host path are checked with both of its active sets, the compiled one
+(csrc/host_solve.c) and the numpy/LAPACK one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pytest
 import torch
 
 import conflict_opt
-from conflict_opt import Status
+from conflict_opt import Status, primitives
 from conflict_opt.solvers import _host
 
 from . import helpers
@@ -161,14 +163,27 @@ def ordinary(case: helpers.Case) -> bool:
     return case.kind not in ("duplicated", "opposite") and evals[0] > 1e-8 * evals[-1] > 0
 
 
-@pytest.mark.parametrize(("k", "method", "backend"), PARAMS)
-def test_host_path_matches_exact(k: int, method: str, backend: str) -> None:
+HOST_PARAMS = [
+    (*param, native)
+    for param in PARAMS
+    # The compiled active set (csrc/host_solve.c) serves CAGrad methods with backend iterative.
+    for native in ((True, False) if param[1] != "mgda" and param[2] == "iterative" else (True,))
+]
+
+
+@pytest.mark.parametrize(("k", "method", "backend", "native"), HOST_PARAMS)
+def test_host_path_matches_exact(
+    k: int, method: str, backend: str, native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The unbatched CPU path (solvers/_host.py) on the same problems, checked the same way.
 
     It answers only what it can certify OPTIMAL and hands the rest to the torch path (checked
     above), so the other half of the property is coverage: it answers every ordinary problem,
-    or training loops would pay the torch path's milliseconds on every step.
+    or training loops would pay the torch path's milliseconds on every step. ``native=False``
+    runs the numpy/LAPACK active set instead of the compiled one.
     """
+    if not native:
+        monkeypatch.setenv(primitives.NATIVE_DISABLE_ENV, "1")
     cases, cs = problems(k)
     ref = reference(k, method)
     answered = ordinary_missed = 0
