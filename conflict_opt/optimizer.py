@@ -17,7 +17,18 @@ import torch
 
 from ._types import BACKENDS, FLOAT_DTYPES, METHODS, Backend, Method, SolveResult
 from .diagnostics import diagnostics
-from .primitives import PRIMITIVE_BACKENDS, PrimitiveBackend, combine_, gram
+from .primitives import (
+    _EMPTY,
+    _FLOAT_DTYPE_SET,
+    PRIMITIVE_BACKENDS,
+    Grads,
+    PrimitiveBackend,
+    _as_out,
+    _combine_grads,
+    _gram_grads,
+    _subset,
+    as_grads,
+)
 from .solvers import _weights, solve
 
 __all__ = ["Aggregation", "MultiObjectiveOptimizer", "aggregate_"]
@@ -99,19 +110,40 @@ def aggregate_(
                 f"objective {k} has {len(g)} gradients for {len(params)} parameters; pass one "
                 "per parameter (None where the objective does not reach it)."
             )
-    h = gram(grads, backend=primitive_backend)
+    g = as_grads(grads)
+    h = _gram_grads(g, primitive_backend, torch.float64)
     result = solve(h, weights, method=method, c=c, backend=backend, validate=False)
-    _write(params, grads, result.coeffs, primitive_backend, accumulate)
+    _write(params, g, result.coeffs, primitive_backend, accumulate, check_out=True)
     return Aggregation(result, h)
+
+
+def _own_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> Grads:
+    """The wrapper's store as :class:`Grads` without per-tensor checks: autograd has already
+    given every gradient its parameter's shape, dtype and device (its engine validates them),
+    the bfloat16 store converts whole tensors, and accumulation adds in place. One dtype read
+    per parameter; anything unusual (several devices, a non-float dtype) takes
+    :func:`conflict_opt.primitives.as_grads`, which raises naming it. Saves that function's
+    per-tensor attribute reads, a noticeable part of a step's overhead on a small model."""
+    slots = tuple(zip(*grads, strict=True))
+    dtypes: list[torch.dtype | None] = []
+    for slot in slots:
+        present = [x for x in slot if x is not None]
+        dtypes.append(present[0].dtype if present else None)
+    devices = {p.device for p in params}
+    if len(devices) != 1 or not _FLOAT_DTYPE_SET.issuperset(d for d in dtypes if d is not None):
+        return as_grads(grads)
+    shapes = tuple(_EMPTY if d is None else p.shape for p, d in zip(params, dtypes, strict=True))
+    return Grads(len(grads), slots, shapes, tuple(dtypes), devices.pop(), False)
 
 
 def _write(
     params: list[torch.Tensor],
-    grads: list[list[torch.Tensor | None]],
+    g: Grads,
     coeffs: torch.Tensor,
     backend: PrimitiveBackend,
     accumulate: bool,
     reuse: bool = False,
+    check_out: bool = False,
 ) -> None:
     """combine_ into ``.grad``; a parameter no objective reaches keeps its ``.grad`` (None
     after zero_grad), as after a plain ``backward``, so optimizers skip it as usual.
@@ -119,34 +151,40 @@ def _write(
     ``reuse`` (the wrapper's own store, discarded after the step): a missing ``.grad`` becomes
     one of the parameter's own gradient tensors, overwritten in place by the combination
     (``combine_`` reads every block before writing it). That saves a fresh P-sized allocation,
-    its page faults and its memory.
+    its page faults and its memory. ``check_out``: check the ``.grad`` tensors against the
+    gradients' shapes as :func:`conflict_opt.combine_` does (:func:`aggregate_`'s gradients
+    are the caller's; the wrapper's come from autograd for these very parameters).
     """
-    reached = [t for t in range(len(params)) if any(g[t] is not None for g in grads)]
+    reached = [t for t, d in enumerate(g.dtypes) if d is not None]
     # Which parameters' gradients live in each storage: autograd may hand one tensor to
     # several parameters (the two inputs of an add), and such a tensor may not become a .grad.
     owners: dict[int, set[int]] = {}
     if reuse and not accumulate:
         for t in reached:
-            for g in grads:
-                if g[t] is not None:
-                    owners.setdefault(g[t].untyped_storage().data_ptr(), set()).add(t)
+            for x in g.slots[t]:
+                if x is not None:
+                    owners.setdefault(x.untyped_storage().data_ptr(), set()).add(t)
     outs = []
     for t in reached:
         p = params[t]
         if p.grad is None:
-            own = _reusable(p, [g[t] for g in grads], t, owners) if owners else None
+            own = _reusable(p, g.slots[t], t, owners) if owners else None
             if own is not None:
                 p.grad = own
             else:
                 # combine_ writes every element unless it accumulates: no zero fill to pay for.
                 p.grad = torch.zeros_like(p) if accumulate else torch.empty_like(p)
         outs.append(p.grad)
-    picked = [[g[t] for t in reached] for g in grads]
-    combine_(outs, picked, coeffs, backend=backend, accumulate=accumulate)
+    picked = g if len(reached) == len(g.slots) else _subset(g, reached)
+    out = _as_out(outs, picked) if check_out else tuple(outs)
+    _combine_grads(out, picked, coeffs, backend, accumulate)
 
 
 def _reusable(
-    p: torch.Tensor, slot: list[torch.Tensor | None], t: int, owners: dict[int, set[int]]
+    p: torch.Tensor,
+    slot: Sequence[torch.Tensor | None],
+    t: int,
+    owners: dict[int, set[int]],
 ) -> torch.Tensor | None:
     """A gradient of ``p`` (parameter ``t``) that can serve as its ``.grad``: its storage holds
     no other parameter's gradient (``combine_`` reads a parameter's inputs before writing its
@@ -527,10 +565,11 @@ class MultiObjectiveOptimizer:
         reuse: bool = False,
     ) -> None:
         k = len(grads)
-        h = self._unscale(gram(grads, backend=self.primitive_backend))
+        g = _own_grads(params, grads)
+        h = self._unscale(_gram_grads(g, self.primitive_backend, torch.float64))
         w = self._weights_for(k, h.device)
         result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
-        _write(params, grads, result.coeffs, self.primitive_backend, accumulate, reuse)
+        _write(params, g, result.coeffs, self.primitive_backend, accumulate, reuse)
         self._record(h, w, result)
 
     def _gram_first(self, items: list[torch.Tensor], params: list[torch.Tensor]) -> None:

@@ -394,7 +394,12 @@ def gram(
             "`accumulate_dtype` must be torch.float32 or torch.float64 (accumulation is at "
             f"least float32), got accumulate_dtype={accumulate_dtype}."
         )
-    g = as_grads(grads)
+    return _gram_grads(as_grads(grads), backend, accumulate_dtype)
+
+
+def _gram_grads(g: Grads, backend: str, accumulate_dtype: torch.dtype) -> torch.Tensor:
+    """:func:`gram` of already validated gradients (``MultiObjectiveOptimizer`` builds its
+    :class:`Grads` from autograd's output, whose shapes, dtypes and device autograd checked)."""
     chosen = _select(backend, g.device)
     with torch.no_grad():  # the gradients are data here, whatever their requires_grad
         if chosen == "reference":
@@ -452,7 +457,20 @@ def combine_(
     if not isinstance(accumulate, bool):
         raise ValueError(f"`accumulate` must be a bool, got accumulate={accumulate!r}.")
     g = as_grads(grads)
-    outs = _as_out(out, g)
+    _combine_grads(_as_out(out, g), g, coeffs, backend, accumulate)
+    return out
+
+
+def _combine_grads(
+    outs: tuple[torch.Tensor, ...],
+    g: Grads,
+    coeffs: torch.Tensor | Sequence[float],
+    backend: str,
+    accumulate: bool,
+) -> None:
+    """:func:`combine_` of already validated gradients and outputs (see :func:`_gram_grads`;
+    ``MultiObjectiveOptimizer`` writes into ``.grad``, whose shape, dtype and device torch
+    itself keeps equal to the parameter's)."""
     reached = any(d is not None for d in g.dtypes)
     device = g.device if reached or not outs else outs[0].device
     a = _coeffs(coeffs, g.k, device) if outs else torch.zeros(g.k, dtype=torch.float64)
@@ -466,7 +484,6 @@ def combine_(
             from .kernels import multi_tensor
 
             multi_tensor.combine_(outs, g, a, accumulate)
-    return out
 
 
 # ----------------------------------------------------------------------------------- reference
@@ -696,6 +713,9 @@ def _gram_torch(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
     if not _use_native(g.device):
         return _gram_torch_ops(g, accumulate_dtype)
     native, rest, _ = _native_split(g)
+    if len(native) == 1 and not rest:  # one dtype throughout: the kernel's answer as it is
+        (((dtype, _), slots),) = native.items()
+        return _gram_native(g, slots, dtype).to(accumulate_dtype)
     total = torch.zeros(g.k, g.k, dtype=torch.float64)
     for (dtype, _), slots in native.items():
         total += _gram_native(g, slots, dtype)

@@ -569,3 +569,48 @@ def test_last_info_keeps_the_weights_of_its_solve() -> None:
     opt2.weights.copy_(torch.tensor([0.1, 0.1, 0.8], dtype=torch.float64))  # before any read
     for key, value in opt2.last_info.items():
         torch.testing.assert_close(value, want[key], rtol=0, atol=0)
+
+
+def _store(model: Net, store_dtype: torch.dtype | None) -> tuple[list, list]:
+    """The wrapper's own per-objective gradients of one batch, as ``step`` sees them."""
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), store_dtype=store_dtype
+    )
+    params = opt._trainable()
+    return params, opt._gradients(opt._losses(model.losses(*_data(0))), params)
+
+
+@pytest.mark.parametrize("store_dtype", [None, torch.bfloat16])
+def test_own_store_is_described_as_validation_would(store_dtype: torch.dtype | None) -> None:
+    """The wrapper skips ``as_grads``' per-tensor checks for its own store (autograd already
+    made every gradient match its parameter): the description must be the same, including
+    objectives that miss a head (None), a layer none reaches and a zero-size parameter."""
+    from conflict_opt.optimizer import _own_grads
+
+    params, grads = _store(_model(), store_dtype)
+    assert any(x is None for g in grads for x in g)  # the premise: sparse slots
+    own, checked = _own_grads(params, grads), primitives.as_grads(grads)
+    assert own.k == checked.k and own.device == checked.device
+    assert own.shapes == checked.shapes and own.dtypes == checked.dtypes
+    assert all(
+        a is b
+        for slot, ref in zip(own.slots, checked.slots, strict=True)
+        for a, b in zip(slot, ref, strict=True)
+    )
+    assert (store_dtype or torch.float32) in own.dtypes and None in own.dtypes
+
+
+def test_own_store_on_several_devices_goes_to_validation() -> None:
+    from conflict_opt.optimizer import _own_grads
+
+    params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, device="meta"))]
+    grads = [[torch.ones(2), torch.ones(2, device="meta")]]
+    with pytest.raises(ValueError, match="one device"):
+        _own_grads(params, grads)
+
+
+def test_aggregate_checks_gradients_against_the_parameters() -> None:
+    p = nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=r"`out\[0\]` must have the gradients' shape \(3,\)"):
+        conflict_opt.aggregate_([p], [[torch.ones(3)], [torch.ones(3)]])
+    assert p.grad is None or p.grad.shape == (2,)
