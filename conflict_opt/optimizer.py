@@ -3,14 +3,16 @@
 :func:`aggregate_` is the math of one step: the Gram of K per-objective gradients
 (:func:`conflict_opt.gram`), the dual solve (:func:`conflict_opt.solve`), and Σ_k a_k g_k written
 into the parameters' ``.grad`` (:func:`conflict_opt.combine_`). :class:`MultiObjectiveOptimizer`
-gathers the gradients, calls it, and then calls the inner optimizer's own ``step()``; it never
-re-implements an update rule. docs/optimizer.md has the training loop, the memory modes, the
-accumulation policy, mixed precision and the benchmark table.
+gathers the gradients, runs the same code (``_aggregate``: :func:`aggregate_` without the
+per-tensor checks that autograd's own output does not need), and then calls the inner
+optimizer's own ``step()``; it never re-implements an update rule. docs/optimizer.md has the
+training loop, the memory modes, the accumulation policy, mixed precision and the benchmark
+table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -110,10 +112,42 @@ def aggregate_(
                 f"objective {k} has {len(g)} gradients for {len(params)} parameters; pass one "
                 "per parameter (None where the objective does not reach it)."
             )
-    g = as_grads(grads)
+    return _aggregate(
+        params,
+        as_grads(grads),
+        weights,
+        method=method,
+        c=c,
+        backend=backend,
+        primitive_backend=primitive_backend,
+        accumulate=accumulate,
+        check_out=True,
+    )
+
+
+def _aggregate(
+    params: list[torch.Tensor],
+    g: Grads,
+    weights: torch.Tensor | Sequence[float] | None,
+    *,
+    method: Method,
+    c: float,
+    backend: Backend,
+    primitive_backend: PrimitiveBackend,
+    accumulate: bool,
+    reuse: bool = False,
+    check_out: bool = False,
+    unscale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Aggregation:
+    """The math of one step on validated gradients, shared by :func:`aggregate_` and
+    :class:`MultiObjectiveOptimizer`: Gram, solve, combination into ``.grad`` (:func:`_write`
+    for ``reuse`` and ``check_out``). ``unscale`` maps the Gram of scaled gradients back to
+    the true one before the solve (the wrapper's GradScaler)."""
     h = _gram_grads(g, primitive_backend, torch.float64)
+    if unscale is not None:
+        h = unscale(h)
     result = solve(h, weights, method=method, c=c, backend=backend, validate=False)
-    _write(params, g, result.coeffs, primitive_backend, accumulate, check_out=True)
+    _write(params, g, result.coeffs, primitive_backend, accumulate, reuse, check_out)
     return Aggregation(result, h)
 
 
@@ -564,13 +598,21 @@ class MultiObjectiveOptimizer:
         accumulate: bool,
         reuse: bool = False,
     ) -> None:
-        k = len(grads)
         g = _own_grads(params, grads)
-        h = self._unscale(_gram_grads(g, self.primitive_backend, torch.float64))
-        w = self._weights_for(k, h.device)
-        result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
-        _write(params, g, result.coeffs, self.primitive_backend, accumulate, reuse)
-        self._record(h, w, result)
+        w = self._weights_for(len(grads), g.device)  # the Gram's device
+        agg = _aggregate(
+            params,
+            g,
+            w,
+            method=self.method,
+            c=self.c,
+            backend=self.backend,
+            primitive_backend=self.primitive_backend,
+            accumulate=accumulate,
+            reuse=reuse,
+            unscale=self._unscale,
+        )
+        self._record(agg.gram, w, agg.result)
 
     def _gram_first(self, items: list[torch.Tensor], params: list[torch.Tensor]) -> None:
         k = len(items)

@@ -713,15 +713,13 @@ def _gram_torch(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
     if not _use_native(g.device):
         return _gram_torch_ops(g, accumulate_dtype)
     native, rest, _ = _native_split(g)
-    if len(native) == 1 and not rest:  # one dtype throughout: the kernel's answer as it is
-        (((dtype, _), slots),) = native.items()
-        return _gram_native(g, slots, dtype).to(accumulate_dtype)
-    total = torch.zeros(g.k, g.k, dtype=torch.float64)
-    for (dtype, _), slots in native.items():
-        total += _gram_native(g, slots, dtype)
+    # One part per gradient dtype (usually one in all, returned as it is) plus the torch-ops rest.
+    parts = [_gram_native(g, slots, dtype) for (dtype, _), slots in native.items()]
     if rest:
-        total += _gram_torch_ops(_subset(g, rest), torch.float64)
-    return total.to(accumulate_dtype)
+        parts.append(_gram_torch_ops(_subset(g, rest), torch.float64))
+    if not parts:  # nothing to read: every slot empty or None
+        return torch.zeros(g.k, g.k, dtype=accumulate_dtype)
+    return sum(parts[1:], parts[0]).to(accumulate_dtype)
 
 
 def _gram_torch_ops(g: Grads, accumulate_dtype: torch.dtype) -> torch.Tensor:
