@@ -124,3 +124,14 @@ def phi_scale(case: Case, method: str) -> float:
 def row(res: conflict_opt.SolveResult, i: int) -> conflict_opt.SolveResult:
     """Problem ``i`` of a batched :class:`SolveResult`, as an unbatched one."""
     return conflict_opt.SolveResult(*(field[i] for field in res))
+
+
+def assert_same_direction(
+    case: Case, a: np.ndarray, a_ref: np.ndarray, context: object = None
+) -> None:
+    """The updates d = Σ a_k g_k and d_ref agree: ‖d − d_ref‖ ≤ 1e-6‖d_ref‖ + 1e-9 max‖g_i‖ (the
+    absolute term is a 1e-9 error in the coefficients, for directions much shorter than the
+    gradients)."""
+    d, d_ref = a @ case.grads, a_ref @ case.grads
+    gmax = np.linalg.norm(case.grads, axis=1).max()
+    assert np.linalg.norm(d - d_ref) <= 1e-6 * np.linalg.norm(d_ref) + 1e-9 * gmax, context
