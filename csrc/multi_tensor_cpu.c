@@ -621,6 +621,46 @@ static int check_common(int k, int nthreads) {
     return 0;
 }
 
+/* The Gram of the parsed work (w->chunk = GRAM_CHUNK) into out (k * k values, symmetric, the
+ * upper triangle's block partials summed in block order); 0, or -1 when out of memory. Needs no
+ * GIL. */
+static int gram_run(const work_t *w, int64_t total, int nthreads, double *out) {
+    int k = w->k;
+    int64_t per;
+    int nblocks = plan_blocks(total, w->chunk, &per);
+    double *partials = PyMem_RawCalloc((size_t)nblocks * k * k, sizeof(double));
+    if (!partials) return -1;
+    run_split(gram_range, w, total, nthreads, nblocks, per, partials);
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++) {
+            double s = 0.0;
+            int a = i < j ? i : j, b = i < j ? j : i;
+            for (int bl = 0; bl < nblocks; bl++) s += partials[(size_t)bl * k * k + a * k + b];
+            out[i * k + j] = s;
+        }
+    PyMem_RawFree(partials);
+    return 0;
+}
+
+static PyObject *float_list(const double *x, Py_ssize_t n) {
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t i = 0; list && i < n; i++) {
+        PyObject *item = PyFloat_FromDouble(x[i]);
+        if (item == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    return list;
+}
+
+static void free_work(work_t *w) {
+    PyMem_Free(w->outs);
+    PyMem_Free(w->rows);
+    PyMem_Free((void *)w->len);
+}
+
 static PyObject *py_gram(PyObject *self, PyObject *args) {
     int k, kind, nthreads;
     PyObject *rows_obj, *lens_obj;
@@ -630,38 +670,96 @@ static PyObject *py_gram(PyObject *self, PyObject *args) {
     w.kind = kind;
     w.chunk = GRAM_CHUNK;
     int64_t total = 0;
-    if (parse_work(k, rows_obj, lens_obj, &w, &total) < 0) {
-        PyMem_Free(w.rows);
-        PyMem_Free((void *)w.len);
-        return NULL;
-    }
-    int64_t per;
-    int nblocks = plan_blocks(total, w.chunk, &per);
-    double *partials = PyMem_Calloc((size_t)nblocks * k * k, sizeof(double));
-    if (!partials) {
-        PyMem_Free(w.rows);
-        PyMem_Free((void *)w.len);
-        return PyErr_NoMemory();
-    }
-    Py_BEGIN_ALLOW_THREADS run_split(gram_range, &w, total, nthreads, nblocks, per, partials);
+    double *values = PyMem_Malloc(sizeof(double) * (size_t)k * k);
+    PyObject *result = NULL;
+    if (!values) return PyErr_NoMemory();
+    if (parse_work(k, rows_obj, lens_obj, &w, &total) < 0) goto done;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS failed = gram_run(&w, total, nthreads, values);
     Py_END_ALLOW_THREADS
-    PyObject *result = PyList_New((Py_ssize_t)k * k);
-    for (int i = 0; result && i < k; i++)
-        for (int j = 0; j < k; j++) {
-            double s = 0.0;
-            int a = i < j ? i : j, b = i < j ? j : i;
-            for (int bl = 0; bl < nblocks; bl++) s += partials[(size_t)bl * k * k + a * k + b];
-            PyObject *item = PyFloat_FromDouble(s);
-            if (item == NULL) {
-                Py_CLEAR(result);
+    result = failed ? PyErr_NoMemory() : float_list(values, (Py_ssize_t)k * k);
+done:
+    PyMem_Free(values);
+    free_work(&w);
+    return result;
+}
+
+/* The combination's arguments after the rows: outs into w->outs (npieces pointers, not null
+ * where a piece has values) and the float64/other pairing of kinds; 0, or -1 with an exception
+ * set. */
+static int parse_outs(PyObject *outs_obj, int kind, int out_kind, work_t *w) {
+    if (check_kind("out_kind", out_kind) < 0) return -1;
+    if ((kind == KIND_F64) != (out_kind == KIND_F64)) {
+        PyErr_Format(PyExc_ValueError,
+                     "out_kind = %d with kind = %d: float64 (1) rows and outputs go together; "
+                     "float32 (0) and bfloat16 (2) mix freely",
+                     out_kind, kind);
+        return -1;
+    }
+    w->out_kind = out_kind;
+    PyObject *outs = PySequence_Fast(outs_obj, "outs must be a sequence of ints");
+    if (!outs) return -1;
+    int rc = -1;
+    if (PySequence_Fast_GET_SIZE(outs) != w->npieces) {
+        PyErr_Format(PyExc_ValueError, "outs has %zd pointers, expected %zd",
+                     PySequence_Fast_GET_SIZE(outs), w->npieces);
+        goto done;
+    }
+    w->outs = PyMem_Malloc(sizeof(void *) * (size_t)(w->npieces + 1));
+    if (!w->outs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < w->npieces; i++) {
+        w->outs[i] = PyLong_AsVoidPtr(PySequence_Fast_GET_ITEM(outs, i));
+        if (w->outs[i] == NULL && PyErr_Occurred()) goto done;
+        if (w->outs[i] == NULL && w->len[i] > 0) {
+            PyErr_Format(PyExc_ValueError, "outs[%zd] is a null pointer for %lld values", i,
+                         (long long)w->len[i]);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    Py_DECREF(outs);
+    return rc;
+}
+
+/* An output that partially overlaps one of its piece's rows cannot be written chunk by chunk (a
+ * later chunk could read what an earlier one wrote): such pieces are skipped (their output set
+ * to NULL) and their indices returned, for the caller to do otherwise. The same range exactly
+ * (the output is one of the rows) is fine: each chunk is read before it is written. */
+static PyObject *combine_skips(work_t *w) {
+    PyObject *ret = PyList_New(0);
+    if (!ret) return NULL;
+    for (Py_ssize_t i = 0; i < w->npieces; i++) {
+        uintptr_t o = (uintptr_t)w->outs[i], no = (uintptr_t)w->len[i] * kind_size[w->out_kind];
+        uintptr_t nx = (uintptr_t)w->len[i] * kind_size[w->kind];
+        for (int r = 0; r < w->k && no > 0; r++) {
+            uintptr_t x = (uintptr_t)w->rows[i * w->k + r];
+            int alias = x == o && w->kind == w->out_kind;
+            if (x != 0 && !alias && x < o + no && o < x + nx) {
+                PyObject *index = PyLong_FromSsize_t(i);
+                if (!index || PyList_Append(ret, index) < 0) {
+                    Py_XDECREF(index);
+                    Py_DECREF(ret);
+                    return NULL;
+                }
+                Py_DECREF(index);
+                w->outs[i] = NULL; /* skipped by combine_range */
                 break;
             }
-            PyList_SET_ITEM(result, i * k + j, item);
         }
-    PyMem_Free(partials);
-    PyMem_Free(w.rows);
-    PyMem_Free((void *)w.len);
-    return result;
+    }
+    return ret;
+}
+
+/* The combination with w->coeffs set (w->chunk is set here). Needs no GIL. */
+static void combine_run(work_t *w, int64_t total, int nthreads) {
+    w->chunk = COMBINE_CHUNK;
+    int64_t per;
+    int nblocks = plan_blocks(total, w->chunk, &per);
+    run_split(combine_range, w, total, nthreads, nblocks, per, NULL);
 }
 
 static PyObject *py_combine(PyObject *self, PyObject *args) {
@@ -670,46 +768,16 @@ static PyObject *py_combine(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iOOiiOiOpp", &k, &rows_obj, &lens_obj, &kind, &nthreads, &outs_obj,
                           &out_kind, &coeffs_obj, &accumulate, &stream))
         return NULL;
-    if (check_common(k, nthreads) < 0 || check_kind("kind", kind) < 0 ||
-        check_kind("out_kind", out_kind) < 0)
-        return NULL;
-    if ((kind == KIND_F64) != (out_kind == KIND_F64)) {
-        PyErr_Format(PyExc_ValueError,
-                     "out_kind = %d with kind = %d: float64 (1) rows and outputs go together; "
-                     "float32 (0) and bfloat16 (2) mix freely",
-                     out_kind, kind);
-        return NULL;
-    }
+    if (check_common(k, nthreads) < 0 || check_kind("kind", kind) < 0) return NULL;
     work_t w = {0};
     w.kind = kind;
-    w.out_kind = out_kind;
     w.accumulate = accumulate;
-    w.chunk = COMBINE_CHUNK;
+    w.stream = stream && !accumulate;
     int64_t total = 0;
     double coeffs[MAX_K];
-    PyObject *outs = NULL, *cs = NULL, *ret = NULL;
+    PyObject *cs = NULL, *ret = NULL;
     if (parse_work(k, rows_obj, lens_obj, &w, &total) < 0) goto done;
-    outs = PySequence_Fast(outs_obj, "outs must be a sequence of ints");
-    if (!outs) goto done;
-    if (PySequence_Fast_GET_SIZE(outs) != w.npieces) {
-        PyErr_Format(PyExc_ValueError, "outs has %zd pointers, expected %zd",
-                     PySequence_Fast_GET_SIZE(outs), w.npieces);
-        goto done;
-    }
-    w.outs = PyMem_Malloc(sizeof(void *) * (size_t)(w.npieces + 1));
-    if (!w.outs) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < w.npieces; i++) {
-        w.outs[i] = PyLong_AsVoidPtr(PySequence_Fast_GET_ITEM(outs, i));
-        if (w.outs[i] == NULL && PyErr_Occurred()) goto done;
-        if (w.outs[i] == NULL && w.len[i] > 0) {
-            PyErr_Format(PyExc_ValueError, "outs[%zd] is a null pointer for %lld values", i,
-                         (long long)w.len[i]);
-            goto done;
-        }
-    }
+    if (parse_outs(outs_obj, kind, out_kind, &w) < 0) goto done;
     cs = PySequence_Fast(coeffs_obj, "coeffs must be a sequence of floats");
     if (!cs) goto done;
     if (PySequence_Fast_GET_SIZE(cs) != k) {
@@ -722,42 +790,81 @@ static PyObject *py_combine(PyObject *self, PyObject *args) {
         if (coeffs[i] == -1.0 && PyErr_Occurred()) goto done;
     }
     w.coeffs = coeffs;
-    w.stream = stream && !accumulate;
-    /* An output that partially overlaps one of its piece's rows cannot be written chunk by
-     * chunk (a later chunk could read what an earlier one wrote): such pieces are skipped, and
-     * their indices returned for the caller to do otherwise. The same range exactly (the
-     * output is one of the rows) is fine: each chunk is read before it is written. */
-    ret = PyList_New(0);
+    ret = combine_skips(&w);
     if (!ret) goto done;
-    for (Py_ssize_t i = 0; i < w.npieces; i++) {
-        uintptr_t o = (uintptr_t)w.outs[i], no = (uintptr_t)w.len[i] * kind_size[out_kind];
-        uintptr_t nx = (uintptr_t)w.len[i] * kind_size[kind];
-        for (int r = 0; r < k && no > 0; r++) {
-            uintptr_t x = (uintptr_t)w.rows[i * k + r];
-            int alias = x == o && kind == out_kind;
-            if (x != 0 && !alias && x < o + no && o < x + nx) {
-                PyObject *index = PyLong_FromSsize_t(i);
-                if (!index || PyList_Append(ret, index) < 0) {
-                    Py_XDECREF(index);
-                    Py_CLEAR(ret);
-                    goto done;
-                }
-                Py_DECREF(index);
-                w.outs[i] = NULL; /* skipped by combine_range */
-                break;
-            }
-        }
-    }
-    int64_t per;
-    int nblocks = plan_blocks(total, w.chunk, &per);
-    Py_BEGIN_ALLOW_THREADS run_split(combine_range, &w, total, nthreads, nblocks, per, NULL);
+    Py_BEGIN_ALLOW_THREADS combine_run(&w, total, nthreads);
     Py_END_ALLOW_THREADS
 done:
-    Py_XDECREF(outs);
     Py_XDECREF(cs);
-    PyMem_Free(w.outs);
-    PyMem_Free(w.rows);
-    PyMem_Free((void *)w.len);
+    free_work(&w);
+    return ret;
+}
+
+/* One optimizer step's math in one call: the Gram, the host solve (csrc/host_solve.c) and, if
+ * it answers, the combination with its coefficients. Between the backward passes and the inner
+ * optimizer's step, with caches cold, every Python-level operation costs several times what it
+ * does in a loop; this replaces some forty of them (MultiObjectiveOptimizer, docs/optimizer.md).
+ * The Gram is the same, bit for bit, as gram()'s on the same rows, and the combination the same
+ * as combine()'s with the returned coefficients. */
+static PyObject *py_step(PyObject *self, PyObject *args) {
+    int k, kind, nthreads, out_kind, accumulate, stream;
+    PyObject *rows_obj, *lens_obj, *outs_obj, *w_obj, *opts_obj;
+    if (!PyArg_ParseTuple(args, "iOOiiOippOO", &k, &rows_obj, &lens_obj, &kind, &nthreads,
+                          &outs_obj, &out_kind, &accumulate, &stream, &w_obj, &opts_obj))
+        return NULL;
+    if (check_common(k, nthreads) < 0 || check_kind("kind", kind) < 0) return NULL;
+    if (k > HOST_MAX_K) {
+        PyErr_Format(PyExc_ValueError, "k = %d is outside 1..%d", k, HOST_MAX_K);
+        return NULL;
+    }
+    work_t w = {0};
+    w.kind = kind;
+    w.accumulate = accumulate;
+    w.stream = stream && !accumulate;
+    w.chunk = GRAM_CHUNK;
+    int64_t total = 0;
+    host_opts_t o;
+    int solve = opts_obj != Py_None;
+    double weights[HOST_MAX_K], coeffs[HOST_MAX_K], dual[HOST_MAX_K], clipped[HOST_MAX_K];
+    double gap = 0.0;
+    int pieces = 0, solved = 0, failed = 0;
+    PyObject *skipped = NULL, *ret = NULL;
+    double *gram = PyMem_Malloc(sizeof(double) * (size_t)k * k);
+    if (!gram) return PyErr_NoMemory();
+    if (parse_work(k, rows_obj, lens_obj, &w, &total) < 0) goto done;
+    if (parse_outs(outs_obj, kind, out_kind, &w) < 0) goto done;
+    if (host_weights(w_obj, k, weights) < 0) goto done;
+    if (solve && host_parse_opts(opts_obj, &o) < 0) goto done;
+    w.coeffs = coeffs;
+    skipped = combine_skips(&w);
+    if (!skipped) goto done;
+    Py_BEGIN_ALLOW_THREADS failed = gram_run(&w, total, nthreads, gram);
+    if (!failed && solve) {
+        solved = host_solve(gram, k, k, 1, weights, &o, coeffs, dual, clipped, &gap, &pieces);
+        failed = solved < 0;
+        if (solved > 0) combine_run(&w, total, nthreads);
+    }
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *values = float_list(gram, (Py_ssize_t)k * k);
+    if (!values) goto done;
+    if (solved > 0) {
+        PyObject *answer = host_answer(k, coeffs, dual, clipped, gap, pieces);
+        if (!answer) {
+            Py_DECREF(values);
+            goto done;
+        }
+        ret = Py_BuildValue("(NNO)", values, answer, skipped);
+    } else {
+        ret = Py_BuildValue("(NOO)", values, Py_None, Py_None);
+    }
+done:
+    PyMem_Free(gram);
+    Py_XDECREF(skipped);
+    free_work(&w);
     return ret;
 }
 
@@ -772,12 +879,20 @@ static PyMethodDef methods[] = {
      "Writes (or adds) sum_r coeffs[r] * rows[t*k + r] into outs[t] for every piece t, with\n"
      "non-temporal stores if stream (and not accumulate). Returns the pieces left unwritten\n"
      "because their output partially overlaps one of their rows."},
-    {"cagrad_host", py_cagrad_host, METH_VARARGS,
-     "cagrad_host(ptr, k, stride0, stride1, weights, clip, c, floor, tol, budget,\n"
-     "            max_condition, snap, snap_cost, tol_optimal)\n"
+    {"solve_host", py_solve_host, METH_VARARGS,
+     "solve_host(ptr, k, stride0, stride1, weights, options)\n"
      "-> (coeffs, dual, clipped, gap, pieces) or None.\n\n"
-     "The host fast path's CAGrad solve (csrc/host_solve.c) of the float64 k x k Gram at ptr\n"
-     "(strides in elements); None where conflict_opt/solvers/_host.py would hand over too."},
+     "The host fast path's solve (csrc/host_solve.c) of the float64 k x k Gram at ptr (strides\n"
+     "in elements); options: (method, closed_form, c, floor, zero, tol, budget, max_condition,\n"
+     "snap, snap_cost, tol_optimal, min_det, roundoff), method 0 cagrad, 1 cagrad_clip,\n"
+     "2 mgda (closed form only), 3 trivial (a = w). None where conflict_opt/solvers/_host.py\n"
+     "would hand the problem to the torch path too."},
+    {"step", py_step, METH_VARARGS,
+     "step(k, rows, lens, kind, nthreads, outs, out_kind, accumulate, stream, weights, options)\n"
+     "-> (gram, answer, skipped).\n\n"
+     "gram(), then solve_host() on it (options None: no solve), then, if that answers,\n"
+     "combine() with its coefficients. gram: k*k floats; answer: solve_host's tuple, or None\n"
+     "(nothing was written); skipped: combine's skipped pieces, or None with answer None."},
     {NULL, NULL, 0, NULL},
 };
 

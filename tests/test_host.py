@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import conflict_opt
 from conflict_opt import Status, primitives
-from conflict_opt.solvers import _host
+from conflict_opt.solvers import _host, _problem
 
 from . import helpers
 
@@ -275,14 +275,33 @@ def test_agrees_with_the_torch_path(problem: tuple, method: str, backend: str) -
     helpers.assert_same_direction(case, res.coeffs.numpy(), ref.coeffs.numpy())
 
 
-@given(st.integers(0, 2**31 - 1), st.sampled_from((1, 2, 3)), st.floats(-1e-3, 1.0))
-def test_lowest_eigenvalue_matches_lapack(seed: int, k: int, shift: float) -> None:
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from((1, 2, 3)),
+    st.sampled_from((1, 2, 3)),
+    st.floats(-1e-3, 1e-3),
+)
+def test_psd_test_matches_lapack(seed: int, k: int, rank: int, shift: float) -> None:
+    """Accepted exactly when LAPACK's lowest eigenvalue is at least -margin, wherever the two
+    are not within round-off of each other; singular Grams (repeated zero eigenvalues) too."""
     rng = np.random.default_rng(seed)
-    a = rng.standard_normal((k, k))
-    h = a @ a.T / k + shift * np.eye(k)
-    lowest = _host._lowest_eigenvalue(h.tolist())
-    expected = np.linalg.eigvalsh(h)[0]
-    assert abs(lowest - expected) <= 1e-12 * np.abs(h).max()
+    a = rng.standard_normal((k, min(rank, k)))
+    h = a @ a.T
+    h = h / np.trace(h) + shift * np.eye(k)
+    margin = _problem._roundoff(torch.float64, k)
+    lowest = np.linalg.eigvalsh(h)[0]
+    if abs(lowest + margin) > 1e-13:
+        assert _host._psd_within(h.tolist(), margin) == (lowest >= -margin), lowest
+
+
+def test_psd_test_accepts_singular_grams() -> None:
+    margin = _problem._roundoff(torch.float64, 3)
+    for rank in (1, 2):
+        for seed in range(50):
+            a = np.random.default_rng(seed).standard_normal((3, rank)) * 10.0 ** (seed % 7 - 3)
+            h = a @ a.T
+            assert _host._psd_within((h / np.trace(h)).tolist(), margin), (rank, seed)
+    assert not _host._psd_within([[0.5, 0.0], [0.0, -1e-12]], margin)
 
 
 @given(st.integers(0, 2**31 - 1), st.sampled_from((1, 2, 5, 16)))

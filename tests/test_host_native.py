@@ -1,5 +1,6 @@
-"""The compiled CAGrad active set of the host path (``conflict_opt._native.cagrad_host``,
-csrc/host_solve.c) against its numpy/LAPACK twin in conflict_opt/solvers/_host.py.
+"""The compiled solves of the host path (``conflict_opt._native.solve_host``, csrc/host_solve.c)
+against their twins in conflict_opt/solvers/_host.py: the CAGrad active set against numpy/LAPACK,
+the closed form (K ≤ 3, MGDA too) against scalar Python.
 
 Both must refuse the same problems and return the same answers up to round-off: the C code is
 a transcription, so any difference in what is accepted, in the number of homotopy pieces or in
@@ -28,14 +29,19 @@ native = pytest.importorskip("conflict_opt._native")
 
 
 def both(
-    monkeypatch: pytest.MonkeyPatch, gram: torch.Tensor, weights, method: str, c: float
+    monkeypatch: pytest.MonkeyPatch,
+    gram: torch.Tensor,
+    weights,
+    method: str,
+    c: float,
+    backend: str = "iterative",
 ) -> tuple[conflict_opt.SolveResult | None, conflict_opt.SolveResult | None]:
-    """The host path's answer with the compiled active set, then with the numpy one."""
-    compiled = _host.solve_host(gram, weights, method, c, "iterative", True)
+    """The host path's answer with the compiled solve, then with the Python one."""
+    compiled = _host.solve_host(gram, weights, method, c, backend, True)
     with monkeypatch.context() as m:
         m.setenv(primitives.NATIVE_DISABLE_ENV, "1")
-        numpy_ = _host.solve_host(gram, weights, method, c, "iterative", True)
-    return compiled, numpy_
+        python = _host.solve_host(gram, weights, method, c, backend, True)
+    return compiled, python
 
 
 def assert_same(a: conflict_opt.SolveResult, b: conflict_opt.SolveResult) -> None:
@@ -44,6 +50,26 @@ def assert_same(a: conflict_opt.SolveResult, b: conflict_opt.SolveResult) -> Non
         x, y = getattr(a, name).numpy(), getattr(b, name).numpy()
         np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12 * np.abs(y).max(), err_msg=name)
     assert abs(float(a.gap) - float(b.gap)) <= 1e-12
+
+
+def assert_same_or_tied(
+    case: helpers.Case,
+    a: conflict_opt.SolveResult,
+    b: conflict_opt.SolveResult,
+    c: float,
+    method: str,
+) -> None:
+    """:func:`assert_same`, unless the dual has several optima (duplicated or rank-deficient
+    gradients) and the two broke the tie differently, which round-off decides: then both duals
+    must reach the same Φ (RACO's clip, not continuous in p, may then give different
+    coefficients; each is certified by its own gap)."""
+    if np.allclose(a.dual.numpy(), b.dual.numpy(), rtol=1e-8, atol=1e-10):
+        assert_same(a, b)
+        return
+    scale = helpers.phi_scale(case, method)
+    phi_a = helpers.phi(case, a.dual.numpy(), c, method)
+    phi_b = helpers.phi(case, b.dual.numpy(), c, method)
+    assert abs(phi_a - phi_b) <= 1e-9 * scale, (phi_a, phi_b)
 
 
 GRID = list(
@@ -78,6 +104,118 @@ def test_refuses_and_answers_exactly_what_the_numpy_path_does(
             assert_same(a, b)
     # Both halves exercised: ordinary problems answered, rank-deficient ones refused.
     assert answered >= 600 and refused >= 200, (answered, refused)
+
+
+CLOSED_GRID = list(
+    itertools.product(
+        (1, 2, 3),
+        ("random", "aligned", "conflict", "duplicated", "opposite"),
+        (None, 1),
+        helpers.WEIGHT_KINDS,
+        range(4),
+    )
+)
+
+
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad", "mgda"])
+def test_closed_form_refuses_and_answers_exactly_what_scalar_python_does(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """K ≤ 3, singular and zero-norm Grams included (the closed form takes PSD Grams the
+    active set refuses): the same problems answered, the same answers, for every radius."""
+    answered = refused = 0
+    ties = 0
+    for k, kind, rank, weight_kind, seed in CLOSED_GRID:
+        rng = np.random.default_rng(seed)
+        scale = 10.0 ** (3 * seed - 4)
+        case = helpers.case(rng, k, rank=rank, kind=kind, weight_kind=weight_kind, scale=scale)
+        gram, weights = torch.tensor(case.gram), torch.tensor(case.weights)
+        for c in (0.1, 0.4, 0.95) if method != "mgda" else (0.4,):
+            a, b = both(monkeypatch, gram, weights, method, c, "closed_form")
+            assert (a is None) == (b is None), (k, kind, rank, weight_kind, seed, c)
+            if a is None:
+                refused += 1
+                continue
+            answered += 1
+            assert_same_or_tied(case, a, b, c, method)
+            ties += not np.allclose(a.dual.numpy(), b.dual.numpy(), rtol=1e-8, atol=1e-10)
+    # Ties are rare: only duplicated or opposite gradients make them.
+    assert ties <= answered // 20, (ties, answered)
+    assert answered >= (150 if method == "mgda" else 450), answered
+    assert refused >= 5, refused
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(1, 3),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(("random", "aligned", "conflict")),
+    st.sampled_from((None, 1)),
+    st.sampled_from(helpers.WEIGHT_KINDS),
+    st.integers(-12, 12),
+    st.floats(0.01, 0.99),
+    st.sampled_from(("cagrad_clip", "cagrad", "mgda")),
+)
+def test_closed_form_agrees_with_scalar_python_on_random_problems(
+    k: int,
+    seed: int,
+    kind: str,
+    rank: int | None,
+    weight_kind: str,
+    exponent: int,
+    c: float,
+    method: str,
+) -> None:
+    rng = np.random.default_rng(seed)
+    case = helpers.case(rng, k, rank=rank, kind=kind, weight_kind=weight_kind, scale=10.0**exponent)
+    gram, weights = torch.tensor(case.gram), torch.tensor(case.weights)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        a, b = both(monkeypatch, gram, weights, method, c, "closed_form")
+    if a is not None and b is not None:
+        assert_same_or_tied(case, a, b, c, method)
+        return
+    # Only one answered: a threshold decided by round-off; that answer is still certified.
+    for res in (a, b):
+        if res is not None:
+            ref = helpers.row(conflict_opt.solve(gram[None], weights[None], method=method, c=c), 0)
+            helpers.assert_same_direction(case, res.coeffs.numpy(), ref.coeffs.numpy())
+
+
+def test_closed_form_refuses_what_the_python_branch_refuses() -> None:
+    """Each of solve_host's checks before the closed form, in C: an asymmetric Gram (with
+    validation only), a non-finite entry, a zero trace, an indefinite Gram, a zero anchor."""
+    h = torch.tensor([[2.0, -1.0, 0.5], [-1.0, 3.0, 0.2], [0.5, 0.2, 1.0]], dtype=torch.float64)
+    assert _host.solve_host(h, None, "cagrad_clip", 0.4, "closed_form", True) is not None
+    asym = h.clone()
+    asym[0, 1] += 1e-3
+    assert _host.solve_host(asym, None, "cagrad_clip", 0.4, "closed_form", True) is None
+    assert _host.solve_host(asym, None, "cagrad_clip", 0.4, "closed_form", False) is not None
+    for bad in (math.nan, math.inf):
+        nonfinite = h.clone()
+        nonfinite[1, 2] = nonfinite[2, 1] = bad
+        assert _host.solve_host(nonfinite, None, "cagrad", 0.4, "closed_form", False) is None
+    assert _host.solve_host(torch.zeros(3, 3), None, "mgda", 0.4, "closed_form", True) is None
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    assert _host.solve_host(indefinite, None, "mgda", 0.4, "closed_form", False) is None
+    # Opposite gradients with equal weights: g_0 = 0, the torch path's DEGENERATE case.
+    opposite = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    assert _host.solve_host(opposite, None, "cagrad", 0.4, "closed_form", True) is None
+
+
+def test_closed_form_takes_the_compiled_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    gram = torch.tensor(helpers.case(np.random.default_rng(0), 3, kind="conflict").gram)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the scalar-Python closed form ran although C is enabled")
+
+    monkeypatch.setattr(_host, "_closed_form", boom)
+    for method in ("cagrad", "cagrad_clip", "mgda"):
+        assert _host.solve_host(gram, None, method, 0.4, "closed_form", True) is not None
+    assert conflict_opt.solve(gram, method="cagrad_clip").status == conflict_opt.Status.OPTIMAL
+    monkeypatch.undo()
+    monkeypatch.setenv(primitives.NATIVE_DISABLE_ENV, "1")
+    monkeypatch.setattr(native, "solve_host", boom)
+    assert _host.solve_host(gram, None, "cagrad_clip", 0.4, "closed_form", True) is not None
 
 
 @st.composite
@@ -128,7 +266,7 @@ def test_cagrad_methods_take_the_compiled_path_and_mgda_does_not(
     # Disabled: the numpy path, and nothing of the compiled one.
     monkeypatch.undo()
     monkeypatch.setenv(primitives.NATIVE_DISABLE_ENV, "1")
-    monkeypatch.setattr(native, "cagrad_host", boom)
+    monkeypatch.setattr(native, "solve_host", boom)
     assert _host.solve_host(gram, None, "cagrad_clip", 0.4, "iterative", True) is not None
 
 
@@ -182,24 +320,25 @@ def test_nonfinite_entries_are_refused_even_without_validation() -> None:
         assert _host.solve_host(gram, None, "cagrad_clip", 0.4, "iterative", False) is None
 
 
-def args(gram: torch.Tensor, weights: list[float], k: int | None = None) -> tuple:
+def args(gram: torch.Tensor, weights: list[float], k: int | None = None, **options) -> tuple:
     k = gram.shape[0] if k is None else k
-    return (
-        gram.data_ptr(),
-        k,
-        gram.stride(0),
-        gram.stride(1),
-        weights,
-        True,
-        0.4,
-        1e-7,
-        math.inf,
-        60,
-        _host.MAX_CONDITION,
-        _problem.SNAP,
-        _problem._SNAP_COST,
-        _problem.TOL_OPTIMAL,
+    opts = dict(
+        method=1,
+        closed_form=False,
+        c=0.4,
+        floor=1e-7,
+        zero=1e-13,
+        tol=math.inf,
+        budget=60,
+        max_condition=_host.MAX_CONDITION,
+        snap=_problem.SNAP,
+        snap_cost=_problem._SNAP_COST,
+        tol_optimal=_problem.TOL_OPTIMAL,
+        min_det=1e-10,
+        roundoff=1e-14,
     )
+    opts.update(options)
+    return (gram.data_ptr(), k, gram.stride(0), gram.stride(1), weights, tuple(opts.values()))
 
 
 def test_entry_checks_its_arguments() -> None:
@@ -207,18 +346,40 @@ def test_entry_checks_its_arguments() -> None:
     w = [1 / 3] * 3
     assert native.HOST_MAX_K == _host.MAX_K
     with pytest.raises(ValueError, match=r"k = 0 is outside 1\.\.128"):
-        native.cagrad_host(*args(gram, [], k=0))
+        native.solve_host(*args(gram, [], k=0))
     with pytest.raises(ValueError, match=r"k = 129 is outside"):
-        native.cagrad_host(*args(gram, w, k=129))
+        native.solve_host(*args(gram, w, k=129))
     with pytest.raises(ValueError, match="got 2 weights for k = 3"):
-        native.cagrad_host(*args(gram, w[:2]))
+        native.solve_host(*args(gram, w[:2]))
     with pytest.raises(TypeError, match="must be real number"):
-        native.cagrad_host(*args(gram, ["a", "b", "c"]))
+        native.solve_host(*args(gram, ["a", "b", "c"]))
+    with pytest.raises(ValueError, match=r"method = 7 is not 0 \(cagrad\)"):
+        native.solve_host(*args(gram, w, method=7))
+    with pytest.raises(ValueError, match="budget = 0 is not positive"):
+        native.solve_host(*args(gram, w, budget=0))
+    with pytest.raises(TypeError, match="options"):
+        native.solve_host(*args(gram, w)[:5], [1, 2])
+    with pytest.raises(TypeError, match="options"):
+        native.solve_host(*args(gram, w)[:5], (1, False))
     bad = list(args(gram, w))
     bad[0] = 0
     with pytest.raises(ValueError, match="data pointer is 0"):
-        native.cagrad_host(*bad)
-    coeffs, dual, clipped, gap, pieces = native.cagrad_host(*args(gram, w))
-    # Three orthonormal gradients with uniform weights: p = w, a = w (1 + c).
-    np.testing.assert_allclose(coeffs, [(1 + 0.4) / 3] * 3, rtol=1e-15)
-    assert dual == clipped and gap <= _problem.TOL_OPTIMAL and pieces >= 1
+        native.solve_host(*bad)
+    for closed_form in (False, True):
+        coeffs, dual, clipped, gap, pieces = native.solve_host(
+            *args(gram, w, closed_form=closed_form)
+        )
+        # Three orthonormal gradients with uniform weights: p = w, a = w (1 + c).
+        np.testing.assert_allclose(coeffs, [(1 + 0.4) / 3] * 3, rtol=1e-14)
+        np.testing.assert_allclose(dual, w, rtol=1e-14)
+        assert dual == clipped and gap <= _problem.TOL_OPTIMAL
+        assert (pieces >= 1) != closed_form  # the closed form walks no pieces
+    # The trivial solve: a = w whatever the Gram, unless it is non-finite; MGDA has no homotopy.
+    assert native.solve_host(*args(gram * -5.0, w, method=3)) == (w, w, w, 0.0, 0)
+    assert native.solve_host(*args(gram * math.nan, w, method=3)) is None
+    assert native.solve_host(*args(gram, w, method=2)) is None
+    assert native.solve_host(*args(gram, w, method=2, closed_form=True))[0] == pytest.approx(w)
+    assert (
+        native.solve_host(*args(torch.eye(4, dtype=torch.float64), [0.25] * 4, closed_form=True))
+        is None
+    )

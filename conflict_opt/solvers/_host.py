@@ -1,10 +1,13 @@
-"""Host fast path: one unbatched problem on CPU, solved in float64 Python and LAPACK.
+"""Host fast path: one unbatched problem on CPU, solved in float64 C, Python and LAPACK.
 
 Why it exists: the batched torch backends pay a few µs of dispatch per tensor operation, and an
 unbatched solve is hundreds of operations on 2 to 32 numbers (about 1 ms for the closed form,
 10 to 30 ms for the interior-point method). A training loop solves exactly one such problem per
 step. On CPU the Gram is already on the host, so reading it costs nothing; this module solves it
-with scalar Python (closed form, K ≤ 3) or with a few LAPACK calls (active set, any K).
+with scalar Python (closed form, K ≤ 3) or with a few LAPACK calls (active set, any K). Where
+the CPU kernels of ``conflict_opt._native`` run, the closed form and the CAGrad active set run
+as their C transcriptions (csrc/host_solve.c, :func:`_solve_native`; a few µs each), which
+``tests/test_host_native.py`` holds to the same answers; MGDA's active set stays in numpy.
 
 Contract. :func:`solve_host` returns a :class:`SolveResult` only when every number in it is
 certified by the same Frank–Wolfe/KKT bound as the torch path (:func:`._problem.certificate`)
@@ -41,6 +44,7 @@ goes to the torch interior point.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -110,26 +114,29 @@ def _symmetric(h: list[list[float]], tol: float) -> bool:
     return asym <= tol * magnitude
 
 
-def _lowest_eigenvalue(h: list[list[float]]) -> float:
-    """Smallest eigenvalue of a symmetric K ≤ 3 matrix, in closed form (trigonometric for 3)."""
+def _psd_within(h: list[list[float]], margin: float) -> bool:
+    """Whether the symmetric ``h`` (K ≤ 3 here, any K works) has no eigenvalue below
+    ``-margin``: the Cholesky factorisation of h + margin·I succeeds (every pivot positive).
+
+    Cholesky is backward stable, so the answer is exact up to O(K·eps·‖h‖) at the boundary and
+    correct for singular Grams: a rank-one Gram, with a double zero eigenvalue, gets pivots
+    ``margin`` ± round-off. A closed-form eigenvalue (trigonometric for K = 3) loses sqrt(eps)
+    at repeated eigenvalues, which would refuse exactly those Grams.
+    """
     k = len(h)
-    if k == 1:
-        return h[0][0]
-    if k == 2:
-        a, b, d = h[0][0], h[0][1], h[1][1]
-        return 0.5 * (a + d) - math.hypot(0.5 * (a - d), b)
-    # Smith (1961): eigenvalues of a symmetric 3×3 matrix from the invariants of B = (A − mI)/s.
-    off = h[0][1] ** 2 + h[0][2] ** 2 + h[1][2] ** 2
-    m = (h[0][0] + h[1][1] + h[2][2]) / 3.0
-    if off == 0.0:
-        return min(h[0][0], h[1][1], h[2][2])
-    a, d, f = h[0][0] - m, h[1][1] - m, h[2][2] - m
-    s = math.sqrt((a * a + d * d + f * f + 2.0 * off) / 6.0)
-    b, c, e = h[0][1] / s, h[0][2] / s, h[1][2] / s
-    a, d, f = a / s, d / s, f / s
-    det = a * (d * f - e * e) - b * (b * f - c * e) + c * (b * e - c * d)
-    angle = math.acos(max(-1.0, min(1.0, 0.5 * det))) / 3.0
-    return m + 2.0 * s * math.cos(angle + 2.0 * math.pi / 3.0)
+    low = [[0.0] * k for _ in range(k)]
+    for i in range(k):
+        for j in range(i + 1):
+            s = h[i][j] + (margin if i == j else 0.0)
+            for m in range(j):
+                s -= low[i][m] * low[j][m]
+            if i == j:
+                if not s > 0.0:
+                    return False
+                low[i][i] = math.sqrt(s)
+            else:
+                low[i][j] = s / low[j][j]
+    return True
 
 
 def _output(
@@ -475,13 +482,13 @@ def _active_set(
     """The ``iterative`` backend on the host (module docstring): coefficients, dual, clipped
     dual, certified gap and pieces (or pivots) walked, or ``None`` for the torch path.
 
-    CAGrad methods run in compiled code (:func:`_active_set_native`) wherever the CPU kernels
+    CAGrad methods run in compiled code (:func:`_solve_native`) wherever the CPU kernels
     of ``conflict_opt._native`` run (``CONFLICT_OPT_DISABLE_NATIVE=1`` turns both off); MGDA
     and the rest run here.
     """
     k = gram.shape[-1]
     if method != "mgda" and _use_native(gram.device):
-        return _active_set_native(gram, w, method, c, floor, validate)
+        return _solve_native(gram, w, method, c, False, validate)
     sym = _symmetrised(gram, validate)
     if sym is None:
         return None
@@ -534,35 +541,52 @@ def _active_set(
     return (*finished, pivots)
 
 
-def _active_set_native(
-    gram: torch.Tensor, w: list[float], method: str, c: float, floor: float, validate: bool
-) -> tuple[list[float], list[float], list[float], float, int] | None:
-    """:func:`_active_set` for ``"cagrad"`` and ``"cagrad_clip"`` in C (csrc/host_solve.c).
+# Method numbers of csrc/host_solve.h.
+_NATIVE_METHOD = {"cagrad": 0, "cagrad_clip": 1, "mgda": 2, "linear": 3}
 
-    The same steps in the same order: symmetrise and trace-normalise, refuse unless Cholesky
-    succeeds and the 1-norm condition number is at most ``MAX_CONDITION`` (computed exactly
-    from the inverse, where LAPACK's dpocon estimates it), :func:`_homotopy`, then
-    :func:`_finish`'s certificate, snap and coefficients. At K = 4 it takes a few µs against
-    about 0.1 ms here in numpy (docs/optimizer.md, "Where the overhead goes").
-    """
-    g = gram.detach().to(torch.float64).resolve_neg()
-    k = g.shape[0]
-    return _native.cagrad_host(
-        g.data_ptr(),
-        k,
-        g.stride(0),
-        g.stride(1),
-        w,
-        method == "cagrad_clip",
+
+@functools.lru_cache(maxsize=256)
+def native_options(
+    method: str, closed_form: bool, c: float, dtype: torch.dtype, k: int, validate: bool
+) -> tuple:
+    """The options tuple of ``conflict_opt._native.solve_host`` and ``step`` (csrc/host_solve.h):
+    this module's thresholds for one problem shape, as :func:`solve_host` applies them.
+    ``method="linear"`` (or CAGrad with c = 0) is the trivial solve a = w."""
+    zero = 2.0 * _problem._roundoff(dtype, k)
+    trivial = method == "linear" or (method != "mgda" and c == 0.0)
+    return (
+        _NATIVE_METHOD["linear" if trivial else method],
+        closed_form,
         c,
-        floor,
-        _problem.relative_tol(gram.dtype) if validate else math.inf,
+        max(FLOOR * k, zero),
+        zero,
+        _problem.relative_tol(dtype) if validate else math.inf,
         _PIVOTS_PER_K * k + 20,
         MAX_CONDITION,
         _problem.SNAP,
         _problem._SNAP_COST,
         _problem.TOL_OPTIMAL,
+        _MIN_DET,
+        _problem._roundoff(torch.float64, k),
     )
+
+
+def _solve_native(
+    gram: torch.Tensor, w: list[float], method: str, c: float, closed_form: bool, validate: bool
+) -> tuple[list[float], list[float], list[float], float, int] | None:
+    """The closed form (:func:`_closed_form` with :func:`solve_host`'s checks before it) or the
+    CAGrad active set (:func:`_active_set`) in C (csrc/host_solve.c).
+
+    The same steps in the same order, and the same thresholds (:func:`native_options`). One
+    deliberate difference: the active set's 1-norm condition number is computed exactly from
+    the inverse, where LAPACK's dpocon estimates it. A K = 4 active set takes a few µs against
+    about 0.1 ms in numpy, a K = 3 closed form about 3 µs against 35 µs in scalar Python
+    (docs/solvers.md, "Two paths").
+    """
+    g = gram.detach().to(torch.float64).resolve_neg()
+    k = g.shape[0]
+    options = native_options(method, closed_form, c, gram.dtype, k, validate)
+    return _native.solve_host(g.data_ptr(), k, g.stride(0), g.stride(1), w, options)
 
 
 # --- entry ---------------------------------------------------------------------------------------
@@ -593,11 +617,14 @@ def solve_host(
     w = _weights_list(weights, k)
     if w is None:
         return None
+    trivial = method == "linear" or (method != "mgda" and c == 0.0)
+    if backend == "closed_form" and not trivial and _use_native(gram.device):
+        solved = _solve_native(gram, w, method, c, True, validate)
+        return None if solved is None else _output(gram, *solved)
     # Twice the torch path's own round-off level (_problem.vanishes), so that what passes here
-    # is not degenerate there either.
+    # is not degenerate there either (native_options applies the same).
     zero = 2.0 * _problem._roundoff(gram.dtype, k)
     floor = max(FLOOR * k, zero)
-    trivial = method == "linear" or (method != "mgda" and c == 0.0)
     tol = _problem.relative_tol(gram.dtype)
     if backend == "closed_form" or (trivial and k <= 3):
         g = gram.tolist()
@@ -611,7 +638,7 @@ def solve_host(
         # that round-off left indefinite (accepted by validation for low-precision dtypes) is
         # the torch path's, which solves its PSD projection. This is also within half the
         # dispatcher's validation margin, so whatever is accepted here it accepts too.
-        if not _lowest_eigenvalue(h) >= -_problem._roundoff(torch.float64, k):
+        if not _psd_within(h, _problem._roundoff(torch.float64, k)):
             return None
         if trivial:
             return _output(gram, w, w, w, 0.0, 0)
