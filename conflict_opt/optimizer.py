@@ -5,13 +5,16 @@
 into the parameters' ``.grad`` (:func:`conflict_opt.combine_`). :class:`MultiObjectiveOptimizer`
 gathers the gradients, runs the same code (``_aggregate``: :func:`aggregate_` without the
 per-tensor checks that autograd's own output does not need), and then calls the inner
-optimizer's own ``step()``; it never re-implements an update rule. docs/optimizer.md has the
-training loop, the memory modes, the accumulation policy, mixed precision and the benchmark
-table.
+optimizer's own ``step()``; it never re-implements an update rule. On CPU both run the three
+parts as one native call (``conflict_opt._native.step``) where it applies, with the same
+results; between backward passes, with cold caches, that saves most of the step's Python.
+docs/optimizer.md has the training loop, the memory modes, the accumulation policy, mixed
+precision and the benchmark table.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -28,10 +31,12 @@ from .primitives import (
     _as_out,
     _combine_grads,
     _gram_grads,
+    _select,
+    _step_native,
     _subset,
     as_grads,
 )
-from .solvers import _weights, solve
+from .solvers import _host, _select_backend, _validate_options, _weights, solve
 
 __all__ = ["Aggregation", "MultiObjectiveOptimizer", "aggregate_"]
 
@@ -112,7 +117,7 @@ def aggregate_(
                 f"objective {k} has {len(g)} gradients for {len(params)} parameters; pass one "
                 "per parameter (None where the objective does not reach it)."
             )
-    return _aggregate(
+    agg = _aggregate(
         params,
         as_grads(grads),
         weights,
@@ -123,6 +128,7 @@ def aggregate_(
         accumulate=accumulate,
         check_out=True,
     )
+    return agg.materialise() if isinstance(agg, _Deferred) else agg
 
 
 def _aggregate(
@@ -138,17 +144,89 @@ def _aggregate(
     reuse: bool = False,
     check_out: bool = False,
     unscale: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> Aggregation:
+) -> Aggregation | _Deferred:
     """The math of one step on validated gradients, shared by :func:`aggregate_` and
-    :class:`MultiObjectiveOptimizer`: Gram, solve, combination into ``.grad`` (:func:`_write`
+    :class:`MultiObjectiveOptimizer`: Gram, solve, combination into ``.grad`` (:func:`_outputs`
     for ``reuse`` and ``check_out``). ``unscale`` maps the Gram of scaled gradients back to
-    the true one before the solve (the wrapper's GradScaler)."""
-    h = _gram_grads(g, primitive_backend, torch.float64)
-    if unscale is not None:
-        h = unscale(h)
-    result = solve(h, weights, method=method, c=c, backend=backend, validate=False)
-    _write(params, g, result.coeffs, primitive_backend, accumulate, reuse, check_out)
-    return Aggregation(result, h)
+    the true one before the solve (the wrapper's GradScaler).
+
+    On CPU with the native kernels, one call does all three (:func:`_fused`) and the result
+    comes back as :class:`_Deferred`, whose tensors are made when first asked for; otherwise
+    (or where the C solve hands the problem back) the Gram, :func:`conflict_opt.solve` and the
+    combination run one after the other. Either way ``.grad`` is assigned only after the
+    combination has written it.
+    """
+    _validate_options(method, backend, c, False)
+    reached, outs, fresh = _outputs(params, g, accumulate, reuse)
+    picked = g if len(reached) == len(g.slots) else _subset(g, reached)
+    out = _as_out(outs, picked) if check_out else tuple(outs)
+    fused = (
+        None
+        if unscale is not None
+        else _fused(out, picked, weights, method, c, backend, primitive_backend, accumulate)
+    )
+    if fused is not None and fused[1] is not None:
+        agg: Aggregation | _Deferred = _Deferred(picked.k, *fused)
+    else:
+        if fused is not None:  # the Gram, already computed; the solve was handed back
+            h = torch.tensor(fused[0], dtype=torch.float64).view(g.k, g.k)
+        else:
+            h = _gram_grads(g, primitive_backend, torch.float64)
+        if unscale is not None:
+            h = unscale(h)
+        result = solve(h, weights, method=method, c=c, backend=backend, validate=False)
+        _combine_grads(out, picked, result.coeffs, primitive_backend, accumulate)
+        agg = Aggregation(result, h)
+    for p, t in fresh:
+        p.grad = t
+    return agg
+
+
+class _Deferred(NamedTuple):
+    """The fused path's answer as Python numbers (:func:`_fused`); :meth:`materialise` makes the
+    tensors of an :class:`Aggregation`. A training step whose diagnostics nobody reads makes
+    none of them: tensor creation, a few µs each in a loop, costs several times that between
+    backward passes."""
+
+    k: int
+    gram: list[float]
+    answer: tuple[list[float], list[float], list[float], float, int]
+
+    def materialise(self) -> Aggregation:
+        h = torch.tensor(self.gram, dtype=torch.float64).view(self.k, self.k)
+        return Aggregation(_host._output(h, *self.answer), h)
+
+
+def _fused(
+    out: tuple[torch.Tensor, ...],
+    g: Grads,
+    weights: torch.Tensor | Sequence[float] | None,
+    method: Method,
+    c: float,
+    backend: Backend,
+    primitive_backend: PrimitiveBackend,
+    accumulate: bool,
+) -> tuple[list[float], tuple | None] | None:
+    """Gram, host solve and combination in one native call (:func:`_step_native`), or ``None``
+    where that does not apply: the torch primitives backend on CPU with the kernels on, weights
+    the host path takes (:func:`conflict_opt.solvers._host.solve_host`), and a solve it has in
+    C (the closed form, or the CAGrad active set; not MGDA with ``backend="iterative"``, not
+    ``"exact"``). Options as :func:`conflict_opt.solve` with ``validate=False``, which the
+    torch path is then run with where the C solve hands back."""
+    k = g.k
+    if g.device.type != "cpu" or _select(primitive_backend, g.device) != "torch":
+        return None
+    chosen = _select_backend(backend, k)
+    if chosen == "exact" or k > _host.MAX_K:
+        return None
+    closed_form = chosen == "closed_form"
+    if method == "mgda" and not closed_form:
+        return None
+    w = _host._weights_list(weights, k)
+    if w is None:
+        return None
+    options = _host.native_options(method, closed_form, float(c), torch.float64, k, False)
+    return _step_native(out, g, w, options, accumulate)
 
 
 def _own_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> Grads:
@@ -170,24 +248,18 @@ def _own_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]
     return Grads(len(grads), slots, shapes, tuple(dtypes), devices.pop(), False)
 
 
-def _write(
-    params: list[torch.Tensor],
-    g: Grads,
-    coeffs: torch.Tensor,
-    backend: PrimitiveBackend,
-    accumulate: bool,
-    reuse: bool = False,
-    check_out: bool = False,
-) -> None:
-    """combine_ into ``.grad``; a parameter no objective reaches keeps its ``.grad`` (None
-    after zero_grad), as after a plain ``backward``, so optimizers skip it as usual.
+def _outputs(
+    params: list[torch.Tensor], g: Grads, accumulate: bool, reuse: bool
+) -> tuple[list[int], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The ``.grad`` tensors the combination writes: the reached slots (a parameter no
+    objective reaches keeps its ``.grad``, None after zero_grad, as after a plain ``backward``,
+    so optimizers skip it as usual), their output tensors, and the (parameter, tensor) pairs
+    still to be assigned as ``.grad`` once written.
 
     ``reuse`` (the wrapper's own store, discarded after the step): a missing ``.grad`` becomes
     one of the parameter's own gradient tensors, overwritten in place by the combination
     (``combine_`` reads every block before writing it). That saves a fresh P-sized allocation,
-    its page faults and its memory. ``check_out``: check the ``.grad`` tensors against the
-    gradients' shapes as :func:`conflict_opt.combine_` does (:func:`aggregate_`'s gradients
-    are the caller's; the wrapper's come from autograd for these very parameters).
+    its page faults and its memory.
     """
     reached = [t for t, d in enumerate(g.dtypes) if d is not None]
     # Which parameters' gradients live in each storage: autograd may hand one tensor to
@@ -199,19 +271,18 @@ def _write(
                 if x is not None:
                     owners.setdefault(x.untyped_storage().data_ptr(), set()).add(t)
     outs = []
+    fresh = []
     for t in reached:
         p = params[t]
-        if p.grad is None:
-            own = _reusable(p, g.slots[t], t, owners) if owners else None
-            if own is not None:
-                p.grad = own
-            else:
+        grad = p.grad
+        if grad is None:
+            grad = _reusable(p, g.slots[t], t, owners) if owners else None
+            if grad is None:
                 # combine_ writes every element unless it accumulates: no zero fill to pay for.
-                p.grad = torch.zeros_like(p) if accumulate else torch.empty_like(p)
-        outs.append(p.grad)
-    picked = g if len(reached) == len(g.slots) else _subset(g, reached)
-    out = _as_out(outs, picked) if check_out else tuple(outs)
-    _combine_grads(out, picked, coeffs, backend, accumulate)
+                grad = torch.zeros_like(p) if accumulate else torch.empty_like(p)
+            fresh.append((p, grad))
+        outs.append(grad)
+    return reached, outs, fresh
 
 
 def _reusable(
@@ -372,12 +443,13 @@ class MultiObjectiveOptimizer:
         self.mode, self.store_dtype, self.accumulation = mode, store_dtype, accumulation
         self.scaler, self.check_finite = scaler, check_finite
         self._info: dict[str, torch.Tensor] = {}
-        self._info_source: tuple[torch.Tensor, torch.Tensor, SolveResult] | None = None
+        self._info_source: tuple[Aggregation | _Deferred, list[float] | None, int] | None = None
         self._skipped: torch.Tensor | None = None  # the last step's, when it decided
         self._store: dict[torch.Tensor, list[torch.Tensor | None]] = {}
         self._k: int | None = None
         self._pending = False  # backward ran since the last step
-        self._nonfinite: torch.Tensor | None = None  # any Gram of this step non-finite (device)
+        # Any Gram of this step non-finite: a device tensor, or False from the fused path.
+        self._nonfinite: torch.Tensor | bool | None = None
         self.steps = 0
 
     # ------------------------------------------------------------------ torch.optim interface
@@ -477,12 +549,19 @@ class MultiObjectiveOptimizer:
                 f"got {k} losses, but the earlier micro-batches of this step had {self._k}."
             )
         if self.check_finite:
-            values = torch.stack([loss.detach().reshape(()).float() for loss in items])
-            if not bool(torch.isfinite(values).all()):
+            if all(loss.device.type == "cpu" for loss in items):
+                # Read where they are: K scalar reads, no stacking kernel.
+                values = [loss.item() for loss in items]
+                finite = all(map(math.isfinite, values))
+            else:  # one host read for all K
+                stacked = torch.stack([loss.detach().reshape(()).float() for loss in items])
+                finite = bool(torch.isfinite(stacked).all())
+                values = stacked.tolist() if not finite else []
+            if not finite:
                 raise FloatingPointError(
-                    f"non-finite loss: losses={values.tolist()}; nothing was computed or written."
+                    f"non-finite loss: losses={values}; nothing was computed or written."
                 )
-        items = [loss.reshape(()) for loss in items]
+        items = [loss if loss.ndim == 0 else loss.reshape(()) for loss in items]
         if self.scaler is not None:
             items = [self.scaler.scale(loss) for loss in items]
         return items
@@ -492,8 +571,11 @@ class MultiObjectiveOptimizer:
             return torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
         return self.weights.to(device)
 
+    def _scaling(self) -> bool:
+        return self.scaler is not None and self.scaler.is_enabled()
+
     def _unscale(self, h: torch.Tensor) -> torch.Tensor:
-        if self.scaler is None or not self.scaler.is_enabled():
+        if not self._scaling():
             return h
         # The Gram of scaled gradients is S²·H; the solve is scale-invariant, the diagnostics
         # are not. The scale lives on the device (GradScaler's own tensor): no host read.
@@ -599,7 +681,9 @@ class MultiObjectiveOptimizer:
         reuse: bool = False,
     ) -> None:
         g = _own_grads(params, grads)
-        w = self._weights_for(len(grads), g.device)  # the Gram's device
+        k = len(grads)
+        # On CPU the weights as they are (None: uniform), on an accelerator on its device.
+        w = self.weights if g.device.type == "cpu" else self._weights_for(k, g.device)
         agg = _aggregate(
             params,
             g,
@@ -610,9 +694,9 @@ class MultiObjectiveOptimizer:
             primitive_backend=self.primitive_backend,
             accumulate=accumulate,
             reuse=reuse,
-            unscale=self._unscale,
+            unscale=self._unscale if self._scaling() else None,
         )
-        self._record(agg.gram, w, agg.result)
+        self._record(agg, k)
 
     def _gram_first(self, items: list[torch.Tensor], params: list[torch.Tensor]) -> None:
         k = len(items)
@@ -638,15 +722,17 @@ class MultiObjectiveOptimizer:
         total = (torch.stack(items) * coeffs).sum()
         if params:
             total.backward(inputs=params)  # accumulates Σ a_k g_k into .grad; frees the graph
-        self._record(h, w, result)
+        self._record(Aggregation(result, h), k)
 
-    def _record(self, h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> None:
-        bad = ~torch.isfinite(h).all()
+    def _record(self, agg: Aggregation | _Deferred, k: int) -> None:
+        # The fused path answers finite Grams only (a non-finite one goes to the torch path).
+        bad = False if isinstance(agg, _Deferred) else ~torch.isfinite(agg.gram).all()
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        # The diagnostics are a function of (h, w, result), computed when last_info is read:
-        # about a dozen small ops that a step whose diagnostics nobody reads need not pay.
-        # The user's weight tensor may change in place before then: keep this solve's.
-        self._info_source = (h, w.clone() if w is self.weights else w, result)
+        # The diagnostics are a function of (Gram, weights, result), computed when last_info is
+        # read: about a dozen small ops that a step whose diagnostics nobody reads need not pay.
+        # The user's weight tensor may change in place before then: keep this solve's values.
+        weights = None if self.weights is None else self.weights.tolist()
+        self._info_source = (agg, weights, k)
         self._skipped = None
 
     @property
@@ -660,7 +746,15 @@ class MultiObjectiveOptimizer:
         (no host synchronisation either way).
         """
         if self._info_source is not None:
-            self._info = _info(*self._info_source)
+            agg, weights, k = self._info_source
+            if isinstance(agg, _Deferred):
+                agg = agg.materialise()
+            device = agg.gram.device
+            if weights is None:
+                w = torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
+            else:
+                w = torch.tensor(weights, dtype=torch.float64, device=device)
+            self._info = _info(agg.gram, w, agg.result)
             self._info_source = None
         if self._skipped is not None:
             self._info["skipped"] = self._skipped

@@ -800,6 +800,58 @@ def _combine_native(
     return [slots[i] for i in skipped]
 
 
+def _step_native(
+    outs: tuple[torch.Tensor, ...],
+    g: Grads,
+    weights: list[float],
+    options: tuple,
+    accumulate: bool,
+) -> tuple[list[float], tuple | None] | None:
+    """Gram, host solve and combination of ``g`` into ``outs`` in one native call
+    (``conflict_opt._native.step``), or ``None`` where it does not apply: not on CPU, the
+    kernels off, or gradients and outputs not all of one natively written dtype pair (then
+    nothing was read or written).
+
+    Returns the K·K Gram values and the solve's (coeffs, dual, clipped, gap, pieces); the
+    latter ``None`` where the C solve hands the problem back (``options`` as
+    :func:`conflict_opt.solvers._host.native_options`), and then nothing was written: the
+    caller solves the Gram its own way and combines. The Gram is the one :func:`gram` returns
+    on the same gradients (same kernel, same summation order), the combination the one
+    :func:`combine_` writes with the returned coefficients.
+    """
+    if not _use_native(g.device) or g.k > _native.HOST_MAX_K:
+        return None
+    out_dtypes = [_native_out_dtype(o, d) for o, d in zip(outs, g.dtypes, strict=True)]
+    native, rest, empty = _native_split(g, out_dtypes)
+    if rest or len(native) != 1 or any(g.numels[t] for t in empty):
+        return None
+    ((dtypes, slots),) = native.items()
+    dtype, out_dtype = dtypes
+    ptrs, lens, keep = _native_rows(g, slots)
+    values = sum(lens)
+    stream = values * torch.finfo(out_dtype).bits // 8 >= _NATIVE_STREAM_BYTES
+    gram, answer, skipped = _native.step(
+        g.k,
+        ptrs,
+        lens,
+        _NATIVE_KIND[dtype],
+        _native_threads(values * (g.k + 1)),
+        [outs[t].data_ptr() for t in slots],
+        _NATIVE_KIND[out_dtype],
+        accumulate,
+        stream,
+        weights,
+        options,
+    )
+    del keep
+    if skipped:
+        # Outputs that partially overlap their own gradients: written on torch ops instead.
+        rest = [slots[i] for i in skipped]
+        a = torch.tensor(answer[0], dtype=torch.float64)
+        _combine_torch_ops(tuple(outs[t] for t in rest), _subset(g, rest), a, accumulate)
+    return gram, answer
+
+
 _NATIVE_16_32 = (torch.float32, torch.bfloat16)
 
 
