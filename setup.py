@@ -1,9 +1,10 @@
 """The one compiled part of conflict_opt: ``conflict_opt._native``, the CPU kernels of the
-``"torch"`` primitives backend (csrc/multi_tensor_cpu.c) and the host solver's CAGrad solve
-(csrc/host_solve.c). Everything else is declared in
-pyproject.toml; this file only adds the extension, which needs a C compiler with POSIX threads
-(gcc or clang: Linux, macOS). It is not built on Windows, where the torch backend runs on
-torch's own CPU ops instead (``conflict_opt.primitives.native_unavailable()`` says so).
+``"torch"`` primitives backend with the fused optimizer step (csrc/multi_tensor_cpu.c) and the
+host solver's closed form and CAGrad active set (csrc/host_solve.c). Everything else is
+declared in pyproject.toml; this file only adds the extension, which needs a C compiler with
+POSIX threads (gcc or clang: Linux, macOS). It is not built on Windows, where the torch
+backend runs on torch's own CPU ops instead (``conflict_opt.primitives.native_unavailable()``
+says so).
 
 On Linux the kernels are compiled with OpenMP when the compiler supports it, so that their
 threads come from the OpenMP runtime torch itself runs on (csrc/multi_tensor_cpu.c,
