@@ -31,6 +31,7 @@ from .primitives import (
     _as_out,
     _combine_grads,
     _gram_grads,
+    _gram_tensor,
     _select,
     _step_native,
     _subset,
@@ -169,7 +170,7 @@ def _aggregate(
         agg: Aggregation | _Deferred = _Deferred(picked.k, *fused)
     else:
         if fused is not None:  # the Gram, already computed; the solve was handed back
-            h = torch.tensor(fused[0], dtype=torch.float64).view(g.k, g.k)
+            h = _gram_tensor(fused[0], g.k)
         else:
             h = _gram_grads(g, primitive_backend, torch.float64)
         if unscale is not None:
@@ -193,7 +194,7 @@ class _Deferred(NamedTuple):
     answer: tuple[list[float], list[float], list[float], float, int]
 
     def materialise(self) -> Aggregation:
-        h = torch.tensor(self.gram, dtype=torch.float64).view(self.k, self.k)
+        h = _gram_tensor(self.gram, self.k)
         return Aggregation(_host._output(h, *self.answer), h)
 
 

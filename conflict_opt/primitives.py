@@ -684,7 +684,12 @@ def _gram_native(g: Grads, slots: list[int], dtype: torch.dtype) -> torch.Tensor
     ptrs, lens, keep = _native_rows(g, slots)
     values = _native.gram(g.k, ptrs, lens, _NATIVE_KIND[dtype], _native_threads(sum(lens) * g.k))
     del keep
-    return torch.tensor(values, dtype=torch.float64).view(g.k, g.k)
+    return _gram_tensor(values, g.k)
+
+
+def _gram_tensor(values: list[float], k: int) -> torch.Tensor:
+    """The ``[K, K]`` float64 Gram from the kernels' K·K values."""
+    return torch.tensor(values, dtype=torch.float64).view(k, k)
 
 
 def _native_split(
@@ -780,11 +785,25 @@ def _combine_native(
     """Write the given slots natively (gradients and outputs of ``dtypes``); returns those left
     unwritten because their output partially overlaps one of their gradients (checked by the
     kernel, on the pointers)."""
+    work, stream, keep = _native_combine_work(outs, g, slots, dtypes)
+    skipped = _native.combine(*work, coeffs, accumulate, stream)
+    del keep
+    return [slots[i] for i in skipped]
+
+
+def _native_combine_work(
+    outs: tuple[torch.Tensor, ...],
+    g: Grads,
+    slots: list[int],
+    dtypes: tuple[torch.dtype, torch.dtype],
+) -> tuple[tuple, bool, list[torch.Tensor]]:
+    """The leading arguments that ``_native.combine`` and ``_native.step`` share (k, rows,
+    lens, kind, threads, outs, out_kind) for the given slots, whether to write with
+    non-temporal stores, and the flat copies that must stay alive during the call."""
     dtype, out_dtype = dtypes
     ptrs, lens, keep = _native_rows(g, slots)
     values = sum(lens)
-    stream = values * torch.finfo(out_dtype).bits // 8 >= _NATIVE_STREAM_BYTES
-    skipped = _native.combine(
+    work = (
         g.k,
         ptrs,
         lens,
@@ -792,12 +811,9 @@ def _combine_native(
         _native_threads(values * (g.k + 1)),
         [outs[t].data_ptr() for t in slots],
         _NATIVE_KIND[out_dtype],
-        coeffs,
-        accumulate,
-        stream,
     )
-    del keep
-    return [slots[i] for i in skipped]
+    stream = values * torch.finfo(out_dtype).bits // 8 >= _NATIVE_STREAM_BYTES
+    return work, stream, keep
 
 
 def _step_native(
@@ -826,23 +842,8 @@ def _step_native(
     if rest or len(native) != 1 or any(g.numels[t] for t in empty):
         return None
     ((dtypes, slots),) = native.items()
-    dtype, out_dtype = dtypes
-    ptrs, lens, keep = _native_rows(g, slots)
-    values = sum(lens)
-    stream = values * torch.finfo(out_dtype).bits // 8 >= _NATIVE_STREAM_BYTES
-    gram, answer, skipped = _native.step(
-        g.k,
-        ptrs,
-        lens,
-        _NATIVE_KIND[dtype],
-        _native_threads(values * (g.k + 1)),
-        [outs[t].data_ptr() for t in slots],
-        _NATIVE_KIND[out_dtype],
-        accumulate,
-        stream,
-        weights,
-        options,
-    )
+    work, stream, keep = _native_combine_work(outs, g, slots, dtypes)
+    gram, answer, skipped = _native.step(*work, accumulate, stream, weights, options)
     del keep
     if skipped:
         # Outputs that partially overlap their own gradients: written on torch ops instead.

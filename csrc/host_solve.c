@@ -80,7 +80,7 @@ static void matvec(const double *h, int k, const double *v, double *out) {
 
 /* Scratch for one solve: K x K matrices and K-vectors, carved from one allocation. */
 typedef struct {
-    double *h, *l, *beta, *hv, *v, *u, *q, *tmp, *kept, *lengths;
+    double *h, *l, *beta, *hv, *v, *u, *tmp, *kept, *lengths;
     int *support, *outside;
 } scratch_t;
 
@@ -379,17 +379,17 @@ int host_solve(const double *raw, int k, ptrdiff_t s0, ptrdiff_t s1, const doubl
     }
     if (o->closed_form ? k > 3 : o->method == HOST_MGDA) return 0; /* the Python path's */
     size_t kk = (size_t)k * k;
-    double *mem = malloc((2 * kk + 8 * (size_t)k) * sizeof(double));
+    double *mem = malloc((2 * kk + 7 * (size_t)k) * sizeof(double));
     int *imem = malloc(2 * (size_t)k * sizeof(int));
     if (mem == NULL || imem == NULL) {
         free(mem);
         free(imem);
         return -1;
     }
-    double *vec = mem + 2 * kk; /* eight k-vectors */
+    double *vec = mem + 2 * kk; /* seven k-vectors */
     scratch_t s = {
         .h = mem, .l = mem + kk, .beta = vec, .hv = vec + k, .v = vec + 2 * k, .u = vec + 3 * k,
-        .q = vec + 4 * k, .tmp = vec + 5 * k, .kept = vec + 6 * k, .lengths = vec + 7 * k,
+        .tmp = vec + 4 * k, .kept = vec + 5 * k, .lengths = vec + 6 * k,
         .support = imem, .outside = imem + k,
     };
     int ok = 0, walked = 0;

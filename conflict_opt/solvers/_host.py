@@ -541,6 +541,14 @@ def _active_set(
     return (*finished, pivots)
 
 
+def _thresholds(dtype: torch.dtype, k: int) -> tuple[float, float]:
+    """``zero`` and ``floor`` of :func:`_finish` for a Gram of ``dtype``: twice the torch
+    path's own round-off level (_problem.vanishes), so that what passes here is not degenerate
+    there either, and the trusted-norm floor (module docstring) at least that."""
+    zero = 2.0 * _problem._roundoff(dtype, k)
+    return zero, max(FLOOR * k, zero)
+
+
 # Method numbers of csrc/host_solve.h.
 _NATIVE_METHOD = {"cagrad": 0, "cagrad_clip": 1, "mgda": 2, "linear": 3}
 
@@ -552,13 +560,13 @@ def native_options(
     """The options tuple of ``conflict_opt._native.solve_host`` and ``step`` (csrc/host_solve.h):
     this module's thresholds for one problem shape, as :func:`solve_host` applies them.
     ``method="linear"`` (or CAGrad with c = 0) is the trivial solve a = w."""
-    zero = 2.0 * _problem._roundoff(dtype, k)
+    zero, floor = _thresholds(dtype, k)
     trivial = method == "linear" or (method != "mgda" and c == 0.0)
     return (
         _NATIVE_METHOD["linear" if trivial else method],
         closed_form,
         c,
-        max(FLOOR * k, zero),
+        floor,
         zero,
         _problem.relative_tol(dtype) if validate else math.inf,
         _PIVOTS_PER_K * k + 20,
@@ -621,10 +629,7 @@ def solve_host(
     if backend == "closed_form" and not trivial and _use_native(gram.device):
         solved = _solve_native(gram, w, method, c, True, validate)
         return None if solved is None else _output(gram, *solved)
-    # Twice the torch path's own round-off level (_problem.vanishes), so that what passes here
-    # is not degenerate there either (native_options applies the same).
-    zero = 2.0 * _problem._roundoff(gram.dtype, k)
-    floor = max(FLOOR * k, zero)
+    zero, floor = _thresholds(gram.dtype, k)
     tol = _problem.relative_tol(gram.dtype)
     if backend == "closed_form" or (trivial and k <= 3):
         g = gram.tolist()
