@@ -233,7 +233,7 @@ def _fused(
 def _own_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> Grads:
     """The wrapper's store as :class:`Grads` without per-tensor checks: autograd has already
     given every gradient its parameter's shape, dtype and device (its engine validates them),
-    the bfloat16 store converts whole tensors, and accumulation adds in place. One dtype read
+    the bfloat16 store converts whole tensors, and accumulation sums like tensors. One dtype read
     per parameter; anything unusual (several devices, a non-float dtype) takes
     :func:`conflict_opt.primitives.as_grads`, which raises naming it. Saves that function's
     per-tensor attribute reads, a noticeable part of a step's overhead on a small model."""
@@ -662,6 +662,9 @@ class MultiObjectiveOptimizer:
         return grads
 
     def _keep(self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> None:
+        """Add a micro-batch's gradients to the store, out of place: autograd may hand one
+        tensor to several parameters (the two inputs of an add), which an in-place sum would
+        add to twice."""
         k = len(grads)
         for t, p in enumerate(params):
             slot = self._store.get(p)
@@ -672,7 +675,7 @@ class MultiObjectiveOptimizer:
                 new = grads[i][t]
                 if new is None:
                     continue
-                slot[i] = new if slot[i] is None else slot[i].add_(new)
+                slot[i] = new if slot[i] is None else slot[i] + new
 
     def _solve_and_write(
         self,

@@ -292,6 +292,31 @@ def test_accumulation_per_step_equals_one_big_batch() -> None:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_accumulation_per_step_counts_a_shared_gradient_once() -> None:
+    """Autograd hands the two inputs of an add one gradient tensor; summing micro-batches in
+    place into it would add the second micro-batch twice (it did, before the store summed out
+    of place). With method="linear" the result is the gradient of the weighted summed losses."""
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(5))
+
+    def losses(x: torch.Tensor) -> list[torch.Tensor]:
+        y = (a + b) * x
+        return [y.sum() ** 2, (y**2).mean()]
+
+    xs = [torch.randn(5) for _ in range(3)]
+    w = [0.3, 0.7]
+    per_batch = [losses(x) for x in xs]
+    total = sum(wk * sum(batch[k] for batch in per_batch) for k, wk in enumerate(w))
+    want = torch.autograd.grad(total, [a, b])
+    opt = MultiObjectiveOptimizer(torch.optim.SGD([a, b], lr=0.0), w, method="linear")
+    opt.zero_grad()
+    for x in xs:
+        opt.backward(losses(x))
+    opt.step()
+    torch.testing.assert_close(a.grad, want[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(b.grad, want[1], rtol=1e-6, atol=1e-6)
+
+
 def test_accumulation_per_micro_batch_sums_directions() -> None:
     model, ref = _model(), _model()
     opt = MultiObjectiveOptimizer(
