@@ -23,6 +23,7 @@ import torch
 from ._types import BACKENDS, FLOAT_DTYPES, METHODS, Backend, Method, SolveResult
 from .diagnostics import diagnostics
 from .primitives import (
+    _CPU,
     _EMPTY,
     _FLOAT_DTYPE_SET,
     PRIMITIVE_BACKENDS,
@@ -34,6 +35,7 @@ from .primitives import (
     _gram_tensor,
     _select,
     _step_native,
+    _step_store,
     _subset,
     as_grads,
 )
@@ -145,11 +147,13 @@ def _aggregate(
     reuse: bool = False,
     check_out: bool = False,
     unscale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    gram_values: list[float] | None = None,
 ) -> Aggregation | _Deferred:
     """The math of one step on validated gradients, shared by :func:`aggregate_` and
     :class:`MultiObjectiveOptimizer`: Gram, solve, combination into ``.grad`` (:func:`_outputs`
     for ``reuse`` and ``check_out``). ``unscale`` maps the Gram of scaled gradients back to
-    the true one before the solve (the wrapper's GradScaler).
+    the true one before the solve (the wrapper's GradScaler). ``gram_values``: the K·K Gram
+    of ``g``, already computed by a fused step whose C solve handed it back.
 
     On CPU with the native kernels, one call does all three (:func:`_fused`) and the result
     comes back as :class:`_Deferred`, whose tensors are made when first asked for; otherwise
@@ -161,11 +165,12 @@ def _aggregate(
     reached, outs, fresh = _outputs(params, g, accumulate, reuse)
     picked = g if len(reached) == len(g.slots) else _subset(g, reached)
     out = _as_out(outs, picked) if check_out else tuple(outs)
-    fused = (
-        None
-        if unscale is not None
-        else _fused(out, picked, weights, method, c, backend, primitive_backend, accumulate)
-    )
+    if gram_values is not None:
+        fused: tuple[list[float], tuple | None] | None = (gram_values, None)
+    elif unscale is None:
+        fused = _fused(out, picked, weights, method, c, backend, primitive_backend, accumulate)
+    else:
+        fused = None
     if fused is not None and fused[1] is not None:
         agg: Aggregation | _Deferred = _Deferred(picked.k, *fused)
     else:
@@ -214,8 +219,22 @@ def _fused(
     C (the closed form, or the CAGrad active set; not MGDA with ``backend="iterative"``, not
     ``"exact"``). Options as :func:`conflict_opt.solve` with ``validate=False``, which the
     torch path is then run with where the C solve hands back."""
-    k = g.k
-    if g.device.type != "cpu" or _select(primitive_backend, g.device) != "torch":
+    args = _native_solve(weights, g.k, method, c, backend, primitive_backend, g.device)
+    return None if args is None else _step_native(out, g, *args, accumulate)
+
+
+def _native_solve(
+    weights: torch.Tensor | Sequence[float] | None,
+    k: int,
+    method: Method,
+    c: float,
+    backend: Backend,
+    primitive_backend: PrimitiveBackend,
+    device: torch.device,
+) -> tuple[list[float], tuple] | None:
+    """The weights and options of the C host solve in a fused step (:func:`_fused`), or
+    ``None`` where that does not apply (see there)."""
+    if device.type != "cpu" or _select(primitive_backend, device) != "torch":
         return None
     chosen = _select_backend(backend, k)
     if chosen == "exact" or k > _host.MAX_K:
@@ -226,8 +245,7 @@ def _fused(
     w = _host._weights_list(weights, k)
     if w is None:
         return None
-    options = _host.native_options(method, closed_form, float(c), torch.float64, k, False)
-    return _step_native(out, g, w, options, accumulate)
+    return w, _host.native_options(method, closed_form, float(c), torch.float64, k, False)
 
 
 def _own_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> Grads:
@@ -446,8 +464,13 @@ class MultiObjectiveOptimizer:
         self._info: dict[str, torch.Tensor] = {}
         self._info_source: tuple[Aggregation | _Deferred, list[float] | None, int] | None = None
         self._skipped: torch.Tensor | None = None  # the last step's, when it decided
+        # The per-objective gradients of this step: the first micro-batch's as (parameters,
+        # K lists of gradients), merged into the dict by parameter from the second on.
+        self._first: tuple[list[torch.Tensor], list[list[torch.Tensor | None]]] | None = None
         self._store: dict[torch.Tensor, list[torch.Tensor | None]] = {}
         self._k: int | None = None
+        # _native_solve's answer: (options, weights, their _version, answer).
+        self._solve_args: tuple[tuple, Any, int | None, Any] | None = None
         self._pending = False  # backward ran since the last step
         # Any Gram of this step non-finite: a device tensor, or False from the fused path.
         self._nonfinite: torch.Tensor | bool | None = None
@@ -468,6 +491,7 @@ class MultiObjectiveOptimizer:
         self._reset()
 
     def _reset(self) -> None:
+        self._first = None
         self._store.clear()
         self._k = None
         self._pending = False
@@ -509,14 +533,12 @@ class MultiObjectiveOptimizer:
 
     # -------------------------------------------------------------------------- the step
     def _trainable(self) -> list[torch.Tensor]:
-        seen: set[int] = set()
-        params = []
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-        return params
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = [p for p in params if p.requires_grad]
+        if len(set(map(id, params))) == len(params):
+            return params
+        seen: set[int] = set()  # a parameter listed twice (torch warns, and allows it)
+        return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
     def _losses(self, losses: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         if isinstance(losses, torch.Tensor):
@@ -662,6 +684,16 @@ class MultiObjectiveOptimizer:
         return grads
 
     def _keep(self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> None:
+        if self._first is None and not self._store:
+            # The first micro-batch of the step: kept as it came (most steps have one).
+            self._first = (params, grads)
+            return
+        if self._first is not None:
+            first, self._first = self._first, None
+            self._merge(*first)
+        self._merge(params, grads)
+
+    def _merge(self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> None:
         """Add a micro-batch's gradients to the store, out of place: autograd may hand one
         tensor to several parameters (the two inputs of an add), which an in-place sum would
         add to twice."""
@@ -684,8 +716,21 @@ class MultiObjectiveOptimizer:
         accumulate: bool,
         reuse: bool = False,
     ) -> None:
-        g = _own_grads(params, grads)
         k = len(grads)
+        gram_values = None
+        if reuse and not accumulate and params and params[0].is_cpu and not self._scaling():
+            # The wrapper's own store on CPU: the fused step in one pass over it.
+            args = self._native_solve(k)
+            done = None if args is None else _step_store(params, grads, self.store_dtype, *args)
+            if done is not None:
+                gram_values, answer, fresh = done
+                if answer is not None:
+                    for p, t in fresh:
+                        p.grad = t
+                    self._record(_Deferred(k, gram_values, answer), k)
+                    return
+                # The C solve handed the Gram back; nothing was written.
+        g = _own_grads(params, grads)
         # On CPU the weights as they are (None: uniform), on an accelerator on its device.
         w = self.weights if g.device.type == "cpu" else self._weights_for(k, g.device)
         agg = _aggregate(
@@ -699,8 +744,24 @@ class MultiObjectiveOptimizer:
             accumulate=accumulate,
             reuse=reuse,
             unscale=self._unscale if self._scaling() else None,
+            gram_values=gram_values,
         )
         self._record(agg, k)
+
+    def _native_solve(self, k: int) -> tuple[list[float], tuple] | None:
+        """:func:`_native_solve` on CPU for this wrapper's options, kept while they and the
+        weights' values (``Tensor._version`` counts in-place changes) stay the same."""
+        w = self.weights
+        key = (k, self.method, self.c, self.backend, self.primitive_backend)
+        version = None if w is None else w._version
+        cached = self._solve_args
+        # The weight tensor itself is kept, so that its identity cannot pass to another one.
+        if cached is None or cached[0] != key or cached[1] is not w or cached[2] != version:
+            args = _native_solve(
+                w, k, self.method, self.c, self.backend, self.primitive_backend, _CPU
+            )
+            cached = self._solve_args = (key, w, version, args)
+        return cached[3]
 
     def _gram_first(self, items: list[torch.Tensor], params: list[torch.Tensor]) -> None:
         k = len(items)
@@ -780,9 +841,15 @@ class MultiObjectiveOptimizer:
         if not self._pending:
             raise RuntimeError("call backward(losses) (or step(losses)) before step().")
         if self.mode == "store" and self.accumulation == "per_step":
-            params = [p for p in self._store if p.requires_grad]
-            k = self._k or 0
-            grads = [[self._store[p][i] for p in params] for i in range(k)]
+            if self._first is not None:
+                params, grads = self._first
+                if not all(p.requires_grad for p in params):  # frozen since backward
+                    kept = [t for t, p in enumerate(params) if p.requires_grad]
+                    params = [params[t] for t in kept]
+                    grads = [[g[t] for t in kept] for g in grads]
+            else:
+                params = [p for p in self._store if p.requires_grad]
+                grads = [[self._store[p][i] for p in params] for i in range(self._k or 0)]
             # The store is the wrapper's own and is dropped below: its tensors may become .grad.
             self._solve_and_write(params, grads, accumulate=False, reuse=True)
         nonfinite = self._nonfinite

@@ -71,6 +71,10 @@ else:
 _NATIVE_BUILT = sys.platform != "win32"
 # Gradient dtypes of the native kernels, with the kernels' code for each.
 _NATIVE_KIND = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+_CPU = torch.device("cpu")
+# Tensor._use_count is private torch API (see optimizer._sole_owner); without it, nothing the
+# combination writes is one of the gradients themselves.
+_HAS_USE_COUNT = hasattr(torch.Tensor, "_use_count")
 # Values per thread below which the native kernels use fewer threads. Their threads come from
 # torch's own OpenMP pool (csrc/multi_tensor_cpu.c, run_split): right after a torch op its
 # workers are still spinning and join at once, and measured there (K = 4, 2 cores) two threads
@@ -851,6 +855,96 @@ def _step_native(
         a = torch.tensor(answer[0], dtype=torch.float64)
         _combine_torch_ops(tuple(outs[t] for t in rest), _subset(g, rest), a, accumulate)
     return gram, answer
+
+
+def _step_store(
+    params: list[torch.Tensor],
+    grads: list[list[torch.Tensor | None]],
+    store_dtype: torch.dtype | None,
+    weights: list[float],
+    options: tuple,
+) -> tuple[list[float], tuple | None, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+    """:func:`_step_native` for ``MultiObjectiveOptimizer``'s own store, overwriting ``.grad``:
+    what ``_own_grads``, ``_outputs`` and :func:`_step_native` find out in some ten passes
+    over the K×T tensors, in one.
+
+    It relies on what the wrapper's store guarantees (autograd gives every gradient its
+    parameter's shape, dtype and device, or ``store_dtype``; accumulation sums like tensors) and
+    checks the rest: CPU parameters, one natively read dtype, contiguous gradients and
+    ``.grad``, one output dtype. A parameter without ``.grad`` gets one of its own gradient
+    tensors where no other tensor object holds it (``Tensor._use_count() == 1``, as PyTorch's
+    AccumulateGrad checks before it steals a gradient), else a fresh one. Whether an output
+    overlaps another parameter's gradients (autograd may hand one tensor to several
+    parameters) is checked by the kernel on the pointers (``exclusive``), for all of them at
+    once. Where anything does not hold, returns ``None`` with nothing read or written, and the
+    caller takes the general path.
+
+    Returns the K·K Gram values, the solve's answer (``None`` where the C solve hands the
+    problem back, and then nothing was written) and the (parameter, tensor) pairs still to be
+    assigned as ``.grad``.
+    """
+    if _native is None or not _use_native(_CPU) or len(grads) > _native.HOST_MAX_K:
+        return None
+    k = len(grads)
+    kind = out_kind = -1
+    ptrs: list[int] = []
+    lens: list[int] = []
+    out_ptrs: list[int] = []
+    fresh: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for p, *slot in zip(params, *grads, strict=True):
+        present = [x for x in slot if x is not None]
+        if not present:
+            continue  # no objective reaches p: its .grad stays as it is
+        if not p.is_cpu:
+            return None
+        dtype = p.dtype if store_dtype is None else store_dtype
+        row_kind = _NATIVE_KIND.get(dtype, -1)
+        if row_kind != kind:
+            if kind != -1 or row_kind == -1:
+                return None
+            kind = row_kind
+        for x in present:
+            if not x.is_contiguous():
+                return None
+        out = p.grad
+        if out is None:
+            if dtype == p.dtype and _HAS_USE_COUNT:
+                out = next((x for x in present if x._use_count() == 1), None)
+            if out is None:
+                out = torch.empty_like(p)
+            fresh.append((p, out))
+        if not out.is_contiguous():
+            return None
+        o_kind = _NATIVE_KIND.get(out.dtype, -1)
+        if o_kind != out_kind:
+            if out_kind != -1 or o_kind == -1 or (o_kind == 1) != (kind == 1):
+                return None
+            out_kind = o_kind
+        ptrs += [0 if x is None else x.data_ptr() for x in slot]
+        lens.append(p.numel())
+        out_ptrs.append(out.data_ptr())
+    if kind == -1:
+        return None  # no objective reaches any parameter
+    values = sum(lens)
+    out_bytes = values * (8 if out_kind == 1 else 4 if out_kind == 0 else 2)
+    done = _native.step(
+        k,
+        ptrs,
+        lens,
+        kind,
+        _native_threads(values * (k + 1)),
+        out_ptrs,
+        out_kind,
+        False,
+        out_bytes >= _NATIVE_STREAM_BYTES,
+        weights,
+        options,
+        True,
+    )
+    if done is None:
+        return None
+    gram, answer, _ = done
+    return gram, answer, fresh
 
 
 _NATIVE_16_32 = (torch.float32, torch.bfloat16)

@@ -754,6 +754,67 @@ static PyObject *combine_skips(work_t *w) {
     return ret;
 }
 
+/* Whether every output overlaps no memory but rows of its own piece that are exactly it, of the
+ * same kind (each chunk of such a row is read before it is written): 1 yes, 0 no, -1 out of
+ * memory. Stricter than combine_skips, which looks at a piece's own rows only: an output must
+ * not touch another piece's rows either, since that piece may be read after it is written, nor
+ * another output. The spans are sorted by start, so each output meets only its neighbours. */
+typedef struct {
+    uintptr_t lo, hi;
+    Py_ssize_t piece;
+    int out;
+} span_t;
+
+static int span_order(const void *a, const void *b) {
+    const span_t *x = a, *y = b;
+    if (x->lo != y->lo) return x->lo < y->lo ? -1 : 1;
+    if (x->hi != y->hi) return x->hi < y->hi ? -1 : 1;
+    return x->out - y->out;
+}
+
+static int span_allowed(const work_t *w, const span_t *o, const span_t *s) {
+    return !s->out && s->piece == o->piece && s->lo == o->lo && s->hi == o->hi &&
+           w->kind == w->out_kind;
+}
+
+static int outputs_exclusive(const work_t *w) {
+    Py_ssize_t cap = w->npieces * (w->k + 1), n = 0;
+    span_t *spans = PyMem_Malloc(sizeof(span_t) * (size_t)(cap > 0 ? cap : 1));
+    uintptr_t *reach = PyMem_Malloc(sizeof(uintptr_t) * (size_t)(cap > 0 ? cap : 1));
+    if (!spans || !reach) {
+        PyMem_Free(spans);
+        PyMem_Free(reach);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < w->npieces; i++) {
+        if (w->len[i] == 0) continue;
+        uintptr_t nx = (uintptr_t)w->len[i] * kind_size[w->kind];
+        uintptr_t no = (uintptr_t)w->len[i] * kind_size[w->out_kind];
+        for (int r = 0; r < w->k; r++) {
+            uintptr_t x = (uintptr_t)w->rows[i * w->k + r];
+            if (x) spans[n++] = (span_t){x, x + nx, i, 0};
+        }
+        spans[n++] = (span_t){(uintptr_t)w->outs[i], (uintptr_t)w->outs[i] + no, i, 1};
+    }
+    qsort(spans, (size_t)n, sizeof(span_t), span_order);
+    for (Py_ssize_t q = 0; q < n; q++)
+        reach[q] = q > 0 && reach[q - 1] > spans[q].hi ? reach[q - 1] : spans[q].hi;
+    int ok = 1;
+    for (Py_ssize_t p = 0; p < n && ok; p++) {
+        const span_t *o = &spans[p];
+        if (!o->out) continue;
+        /* Later spans start at or after o->lo: they overlap o if they start before its end. */
+        for (Py_ssize_t q = p + 1; q < n && spans[q].lo < o->hi && ok; q++)
+            ok = span_allowed(w, o, &spans[q]);
+        /* Earlier spans start at or before o->lo: they overlap o if they end after its start. */
+        for (Py_ssize_t q = p - 1; q >= 0 && reach[q] > o->lo && ok; q--)
+            if (spans[q].hi > o->lo) ok = span_allowed(w, o, &spans[q]);
+    }
+    PyMem_Free(spans);
+    PyMem_Free(reach);
+    return ok;
+}
+
 /* The combination with w->coeffs set (w->chunk is set here). Needs no GIL. */
 static void combine_run(work_t *w, int64_t total, int nthreads) {
     w->chunk = COMBINE_CHUNK;
@@ -807,10 +868,11 @@ done:
  * The Gram is the same, bit for bit, as gram()'s on the same rows, and the combination the same
  * as combine()'s with the returned coefficients. */
 static PyObject *py_step(PyObject *self, PyObject *args) {
-    int k, kind, nthreads, out_kind, accumulate, stream;
+    int k, kind, nthreads, out_kind, accumulate, stream, exclusive = 0;
     PyObject *rows_obj, *lens_obj, *outs_obj, *w_obj, *opts_obj;
-    if (!PyArg_ParseTuple(args, "iOOiiOippOO", &k, &rows_obj, &lens_obj, &kind, &nthreads,
-                          &outs_obj, &out_kind, &accumulate, &stream, &w_obj, &opts_obj))
+    if (!PyArg_ParseTuple(args, "iOOiiOippOO|p", &k, &rows_obj, &lens_obj, &kind, &nthreads,
+                          &outs_obj, &out_kind, &accumulate, &stream, &w_obj, &opts_obj,
+                          &exclusive))
         return NULL;
     if (check_common(k, nthreads) < 0 || check_kind("kind", kind) < 0) return NULL;
     if (k > HOST_MAX_K) {
@@ -836,7 +898,20 @@ static PyObject *py_step(PyObject *self, PyObject *args) {
     if (host_weights(w_obj, k, weights) < 0) goto done;
     if (solve && host_parse_opts(opts_obj, &o) < 0) goto done;
     w.coeffs = coeffs;
-    skipped = combine_skips(&w);
+    if (exclusive) {
+        int ok = outputs_exclusive(&w);
+        if (ok < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        if (!ok) {
+            ret = Py_NewRef(Py_None); /* nothing read or written */
+            goto done;
+        }
+        skipped = PyList_New(0);
+    } else {
+        skipped = combine_skips(&w);
+    }
     if (!skipped) goto done;
     Py_BEGIN_ALLOW_THREADS failed = gram_run(&w, total, nthreads, gram);
     if (!failed && solve) {
@@ -888,11 +963,13 @@ static PyMethodDef methods[] = {
      "2 mgda (closed form only), 3 trivial (a = w). None where conflict_opt/solvers/_host.py\n"
      "would hand the problem to the torch path too."},
     {"step", py_step, METH_VARARGS,
-     "step(k, rows, lens, kind, nthreads, outs, out_kind, accumulate, stream, weights, options)\n"
-     "-> (gram, answer, skipped).\n\n"
+     "step(k, rows, lens, kind, nthreads, outs, out_kind, accumulate, stream, weights, options,\n"
+     "     exclusive=False) -> (gram, answer, skipped) or None.\n\n"
      "gram(), then solve_host() on it (options None: no solve), then, if that answers,\n"
      "combine() with its coefficients. gram: k*k floats; answer: solve_host's tuple, or None\n"
-     "(nothing was written); skipped: combine's skipped pieces, or None with answer None."},
+     "(nothing was written); skipped: combine's skipped pieces, or None with answer None.\n"
+     "exclusive: every output must overlap no memory but its own piece's rows that are exactly\n"
+     "it (same kind); if one does, returns None before reading or writing anything."},
     {NULL, NULL, 0, NULL},
 };
 

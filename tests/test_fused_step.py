@@ -25,16 +25,25 @@ pytestmark = pytest.mark.skipif(native is None, reason="conflict_opt._native is 
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Record what every ``_step_native`` call returned."""
+    """Record the (Gram, answer) of every fused call: every ``_step_native`` call's result
+    (None where it declined), and those of ``_step_store`` that ran (its None only means that
+    the wrapper goes on to the general path, which may call ``_step_native``)."""
     calls: list = []
-    real = optimizer._step_native
+    real, real_store = optimizer._step_native, optimizer._step_store
 
     def spy(*args: object, **kwargs: object) -> object:
         out = real(*args, **kwargs)
         calls.append(out)
         return out
 
+    def spy_store(*args: object, **kwargs: object) -> object:
+        out = real_store(*args, **kwargs)
+        if out is not None:
+            calls.append(out[:2])
+        return out
+
     monkeypatch.setattr(optimizer, "_step_native", spy)
+    monkeypatch.setattr(optimizer, "_step_store", spy_store)
     return calls
 
 
@@ -45,13 +54,17 @@ def _train(
     steps: int = 4,
     micro_batches: int = 1,
     losses=None,
+    store_path: bool = True,
     **options: object,
 ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]], list]:
-    """Parameters and diagnostics after each step, with the fused path on or off."""
+    """Parameters and diagnostics after each step, with the fused path on or off (and the
+    wrapper's one-pass route to it, ``_step_store``, on or off)."""
     with monkeypatch.context() as m:
         calls = _spy(m)
         if not fused:
             m.setattr(optimizer, "_fused", lambda *args, **kwargs: None)
+        if not (fused and store_path):
+            m.setattr(optimizer, "_step_store", lambda *args, **kwargs: None)
         model = _model(k)
         opt = MultiObjectiveOptimizer(torch.optim.Adam(model.parameters(), lr=0.01), **options)
         infos = []
@@ -254,3 +267,257 @@ def test_native_step_checks_its_arguments() -> None:
     args[-1] = None
     gram, answer, skipped = native.step(*args)
     assert len(gram) == 9 and answer is None and skipped is None and out.isnan().all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrapper's one-pass route to the fused call (primitives._step_store) and the kernel's
+# check that no output overlaps memory another piece reads (native.step(..., exclusive=True)).
+
+
+def _exclusive(
+    rows: list[int], lens: list[int], outs: list[int], k: int = 2, kind: int = 0, out_kind: int = 0
+) -> object:
+    """native.step with exclusive=True and no solve (the Gram only, nothing written)."""
+    return native.step(k, rows, lens, kind, 1, outs, out_kind, False, False, [0.5] * k, None, True)
+
+
+def test_exclusive_accepts_an_output_that_is_its_own_row_and_nothing_else() -> None:
+    buf = torch.randn(64)
+    p = buf.data_ptr()
+    f = 4  # bytes per float32
+    # Piece 0: rows [0, 8) and [8, 16), written in place over its first row; piece 1: rows
+    # [16, 24) and [24, 32), written to [32, 40).
+    rows = [p, p + 8 * f, p + 16 * f, p + 24 * f]
+    ok = _exclusive(rows, [8, 8], [p, p + 32 * f])
+    assert ok is not None and len(ok[0]) == 4
+    refused = {
+        "an output over another piece's row": [p + 16 * f, p + 32 * f],
+        "an output partly over its own row": [p + 4 * f, p + 32 * f],
+        "an output partly over another piece's row": [p, p + 20 * f],
+        "two outputs overlapping": [p + 32 * f, p + 36 * f],
+        "an output over the other row of its own piece, one element on": [p + 9 * f, p + 40 * f],
+    }
+    for why, outs in refused.items():
+        assert _exclusive(rows, [8, 8], outs) is None, why
+    # The same memory read as bfloat16 and written as float32 is not "exactly its own row".
+    assert _exclusive(rows, [8, 8], [p, p + 32 * f], kind=2, out_kind=0) is None
+    # Empty pieces and absent (0) rows take no memory.
+    assert _exclusive([p, 0, p, p], [8, 0], [p, p]) is not None
+    # Rows may overlap one another (read only): two pieces reading the same memory.
+    assert _exclusive([p, p + 8 * f, p, p + 8 * f], [8, 8], [p + 32 * f, p + 40 * f]) is not None
+
+
+def test_exclusive_refuses_before_reading_or_writing() -> None:
+    """A refusal returns None at once: the output keeps its values even with a solve asked."""
+    x = torch.randn(3, 10)
+    out = x[1]  # the second piece's row, as the first piece's output
+    before = x.clone()
+    spare = torch.empty(10)  # the second piece's output, alive for the calls
+    args = [
+        2,
+        [x[0].data_ptr(), x[2].data_ptr(), x[1].data_ptr(), x[2].data_ptr()],
+        [10, 10],
+        0,
+        1,
+        [out.data_ptr(), spare.data_ptr()],
+        0,
+        False,
+        False,
+        [0.5, 0.5],
+        _host.native_options("cagrad_clip", True, 0.4, torch.float64, 2, False),
+        True,
+    ]
+    assert native.step(*args) is None
+    assert torch.equal(x, before)
+    args[-1] = False  # without the check the same call writes (and corrupts piece 1's row)
+    assert native.step(*args) is not None
+    assert not torch.equal(x, before)
+
+
+def _store_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Record what every ``_step_store`` call returned (None: declined)."""
+    calls: list = []
+    real = optimizer._step_store
+
+    def spy(*args: object, **kwargs: object) -> object:
+        out = real(*args, **kwargs)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(optimizer, "_step_store", spy)
+    return calls
+
+
+class _Pair(torch.nn.Module):
+    """Two parameters that reach the losses through ``a + b`` (autograd hands both the same
+    gradient tensor) or through ``cat([a, b])`` (two views of one gradient buffer)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a = torch.nn.Parameter(torch.randn(6))
+        self.b = torch.nn.Parameter(torch.randn(6))
+        self.w = torch.nn.Parameter(torch.randn(4, 6))
+
+    def losses(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s = self.a + self.b if self.how == "add" else torch.cat([self.a, self.b])[::2]
+        h = torch.tanh(x @ self.w)
+        return [(h * s).sum() ** 2 / 10, ((h - s) ** 2).mean(), (h.sum(0) - s).pow(2).sum()]
+
+
+def _pair_step(monkeypatch: pytest.MonkeyPatch, how: str, store_path: bool) -> tuple:
+    torch.manual_seed(0)
+    model = _Pair(how)
+    x = torch.randn(5, 4)
+    with monkeypatch.context() as m:
+        calls = _store_calls(m)
+        if not store_path:
+            m.setattr(optimizer, "_step_store", lambda *args, **kwargs: None)
+        opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [0.2, 0.3, 0.5])
+        opt.zero_grad()
+        opt.step(model.losses(x))
+    return model, calls
+
+
+@pytest.mark.parametrize("how", ["add", "cat"])
+def test_store_path_with_gradients_shared_between_parameters(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One gradient tensor for two parameters: the kernel refuses to write it as either one's
+    .grad and the general path takes the step. Two disjoint views of one buffer: each may be
+    written as its own parameter's .grad. Either way the step is the general path's."""
+    model, calls = _pair_step(monkeypatch, how, True)
+    ref, _ = _pair_step(monkeypatch, how, False)
+    assert len(calls) == 1
+    if how == "add":
+        ga, gb = torch.autograd.grad(model.losses(torch.randn(5, 4))[0], [model.a, model.b])
+        assert ga is gb  # the premise
+        assert calls[0] is None
+        assert model.a.grad.data_ptr() != model.b.grad.data_ptr()
+    else:
+        assert calls[0] is not None and calls[0][1] is not None
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12)
+
+
+class _Mixed(torch.nn.Module):
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case = case
+        self.a = torch.nn.Parameter(torch.randn(4, 3))
+        dtype = torch.float64 if case == "float64 parameter" else torch.float32
+        self.b = torch.nn.Parameter(torch.randn(3, dtype=dtype))
+        self.t = torch.nn.Parameter(torch.randn(3, 4))
+        self.e = torch.nn.Parameter(torch.randn(2))
+
+    def losses(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = torch.tanh(x @ self.a + self.b.float()) @ self.t
+        out = [h.pow(2).mean(), (h - 1).abs().mean(), h.sum().tanh()]
+        if self.case == "expanded gradient":  # the gradient of a sum is expanded (stride 0)
+            out[0] = out[0] + self.e.sum()
+        return out
+
+
+@pytest.mark.parametrize(
+    ("case", "declined"),
+    [
+        ("plain", False),
+        ("float64 parameter", True),  # two gradient dtypes: one kind per call
+        ("expanded gradient", True),  # not contiguous: the general path copies it
+        ("existing .grad", False),  # written in place, the same tensors kept
+        ("non-contiguous .grad", True),
+        ("kernels off", True),
+    ],
+)
+def test_store_path_declines_what_it_cannot_do_in_one_call(
+    case: str, declined: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the one-pass route declines, nothing is read or written and the general path
+    takes the step; where it answers, the step is the general path's, .grad included."""
+
+    def run(store_path: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
+        torch.manual_seed(1)
+        model = _Mixed(case)
+        x = torch.randn(6, 4)
+        with monkeypatch.context() as m:
+            calls = _store_calls(m)
+            if not store_path:
+                m.setattr(optimizer, "_step_store", lambda *args, **kwargs: None)
+            if case == "kernels off":
+                m.setenv(primitives.NATIVE_DISABLE_ENV, "1")
+            opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+            opt.zero_grad()
+            if case in ("existing .grad", "non-contiguous .grad"):
+                for p in model.parameters():
+                    p.grad = torch.full_like(p, 7.0)  # overwritten, or kept if unreached
+            if case == "non-contiguous .grad":
+                model.a.grad = torch.zeros(3, 4).T
+            held = [p.grad for p in model.parameters()]
+            opt.step(model.losses(x))
+            if case in ("existing .grad", "non-contiguous .grad"):
+                assert all(p.grad is g for p, g in zip(model.parameters(), held, strict=True))
+        return list(model.parameters()), [p.grad for p in model.parameters()], calls
+
+    params, grads, calls = run(True)
+    ref_params, ref_grads, _ = run(False)
+    assert len(calls) == 1 and (calls[0] is None) == declined
+    for a, b in zip(params + grads, ref_params + ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_store_path_follows_weights_changed_in_place_or_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wrapper keeps the C solve's options and weights between steps; an in-place change
+    of its weight tensor, or new weights from load_state_dict, must reach the next solve."""
+    model = _model(3)
+    weights = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.01), weights)
+    calls = _store_calls(monkeypatch)
+
+    def step_coeffs(data: int) -> tuple[torch.Tensor, torch.Tensor]:
+        opt.zero_grad()
+        opt.step(model.losses(*_data(data)))
+        info = opt.last_info
+        return info["coeffs"], info["gram"]
+
+    for new in ([0.6, 0.3, 0.1], [0.1, 0.1, 0.8]):
+        opt.weights.copy_(torch.tensor(new, dtype=torch.float64))
+        coeffs, h = step_coeffs(0)
+        want = conflict_opt.solve(h, torch.tensor(new, dtype=torch.float64)).coeffs
+        torch.testing.assert_close(coeffs, want, rtol=1e-9, atol=1e-12)
+    state = opt.state_dict()
+    state["wrapper"]["weights"] = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    opt.load_state_dict(state)
+    coeffs, h = step_coeffs(1)
+    want = conflict_opt.solve(h, state["wrapper"]["weights"]).coeffs
+    torch.testing.assert_close(coeffs, want, rtol=1e-9, atol=1e-12)
+    assert len(calls) == 3 and all(c is not None and c[1] is not None for c in calls)
+
+
+def test_store_path_reuses_gradients_as_grad_and_leaves_unreached_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """.grad becomes one of the store's own tensors (no fresh allocation); a parameter no
+    objective reaches keeps .grad None; a zero-size one gets an empty .grad, as on the
+    general path."""
+    returned: list[int] = []
+    real = torch.autograd.grad
+
+    def spy(*args: object, **kwargs: object):
+        out = real(*args, **kwargs)
+        returned.extend(g.data_ptr() for g in out if g is not None and g.numel())
+        return out
+
+    model = _model(3)
+    calls = _store_calls(monkeypatch)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    opt.zero_grad()
+    opt.step(model.losses(*_data(0)))
+    assert len(calls) == 1 and calls[0] is not None
+    assert model.trunk.weight.grad.data_ptr() in returned
+    assert model.heads[0].weight.grad.data_ptr() in returned
+    assert model.unused.weight.grad is None
+    assert model.empty.grad is not None and model.empty.grad.numel() == 0
