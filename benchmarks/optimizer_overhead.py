@@ -8,9 +8,13 @@ round runs each route once, in alternating order, on the same model and batch
 (``optimizer_cases``), so that disturbances hit all routes alike; the medians over the rounds
 then give the difference. Run::
 
-    python benchmarks/optimizer_overhead.py --out /tmp/opt_overhead.json
+    for run in 1 2 3; do
+        python benchmarks/optimizer_overhead.py --out /tmp/opt_overhead_$run.json
+    done
 
-and pass the file to ``report_optimizer.py --overhead``.
+and pass the files to ``report_optimizer.py --overhead``: from one run to the next the
+figures move by about ±0.1 of a backward on the benchmark VM, and the report takes the median
+over the runs.
 
 A second estimate takes the backward passes out of both terms. Every call of
 ``torch.autograd.grad`` and ``torch.autograd.backward`` is timed, and each step's time spent
@@ -19,6 +23,10 @@ inside them is subtracted from that step (``net_median_s``). The overhead is the
 and noisiest part of both steps, no longer enter the difference. It does not apply to the
 bfloat16 store, whose conversion runs in hooks inside the passes and would be subtracted with
 them; the report leaves that route out of it.
+
+The peers' routes (``torchjd-cagrad``, ``torchjd-upgrad`` when TorchJD is installed, and
+``research``) run in the same rounds, so that the "faster than" ratios also come from
+interleaved timing.
 """
 
 from __future__ import annotations
@@ -45,6 +53,15 @@ ROUTES = (
     "ours-mgda-store",
     "ours-linear-store",
 )
+PEERS = ("torchjd-cagrad", "torchjd-upgrad", "research")
+
+
+def routes() -> tuple[str, ...]:
+    """ROUTES and the peers' routes that can run here (TorchJD's when it is installed)."""
+    import importlib.util
+
+    have_torchjd = importlib.util.find_spec("torchjd") is not None
+    return ROUTES + tuple(p for p in PEERS if have_torchjd or not p.startswith("torchjd"))
 
 
 WARMUP = 3
@@ -87,7 +104,8 @@ def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
 
     s = setup(model, k)
     timer = PassTimer()
-    inside: dict[str, list[float]] = {name: [] for name in ROUTES}
+    names = routes()
+    inside: dict[str, list[float]] = {name: [] for name in names}
 
     def with_passes(name: str, step: Callable[[], None]) -> Callable[[], None]:
         def call() -> None:
@@ -98,7 +116,7 @@ def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
         return call
 
     try:
-        calls = {name: with_passes(name, route(name, s)) for name in ROUTES}
+        calls = {name: with_passes(name, route(name, s)) for name in names}
         times = round_robin(calls, rounds, warmup=WARMUP)
     finally:
         timer.close()
@@ -144,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"(passes subtracted {net_ratio:+.3f})",
                     flush=True,
                 )
+            for name in PEERS:
+                if name in t:
+                    ratio = t[name] / t["ours-cagrad_clip-store"]
+                    print(f"{model:12s} K={k} {name:26s} {ratio:.2f}x ours", flush=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 

@@ -14,9 +14,11 @@ Run::
 
     python -m pytest benchmarks/test_bench_optimizer.py --benchmark-json=/tmp/opt.json -q
     python benchmarks/optimizer_memory.py --out /tmp/opt_memory.json
-    python benchmarks/optimizer_overhead.py --out /tmp/opt_overhead.json
+    for run in 1 2 3; do
+        python benchmarks/optimizer_overhead.py --out /tmp/opt_overhead_$run.json
+    done
     python benchmarks/report_optimizer.py /tmp/opt.json /tmp/opt_memory.json \\
-        --overhead /tmp/opt_overhead.json --save benchmarks/results/optimizer_cpu.json
+        --overhead /tmp/opt_overhead_[123].json --save benchmarks/results/optimizer_cpu.json
 
 ``CONFLICT_OPT_BENCH_OPTIMIZER_THREADS`` (default: every core) sets torch's threads here.
 """
