@@ -49,15 +49,14 @@ OURS = (
     ("mgda", "store"),
     ("linear", "store"),
 )
+PEERS = ("torchjd-cagrad", "torchjd-upgrad", "research")
 ROUTES = (
     "forward",
     "forward_backward",
     "k_backward_step",
     "plain",
     *(f"ours-{m}-{mode}" for m, mode in OURS),
-    "torchjd-cagrad",
-    "torchjd-upgrad",
-    "research",
+    *PEERS,
 )
 
 

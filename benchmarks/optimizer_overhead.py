@@ -53,12 +53,13 @@ ROUTES = (
     "ours-mgda-store",
     "ours-linear-store",
 )
-PEERS = ("torchjd-cagrad", "torchjd-upgrad", "research")
 
 
 def routes() -> tuple[str, ...]:
     """ROUTES and the peers' routes that can run here (TorchJD's when it is installed)."""
     import importlib.util
+
+    from optimizer_cases import PEERS
 
     have_torchjd = importlib.util.find_spec("torchjd") is not None
     return ROUTES + tuple(p for p in PEERS if have_torchjd or not p.startswith("torchjd"))
@@ -139,7 +140,7 @@ def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from optimizer_cases import KS, MODELS
+    from optimizer_cases import KS, MODELS, PEERS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)

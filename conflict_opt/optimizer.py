@@ -155,7 +155,7 @@ def _aggregate(
     the true one before the solve (the wrapper's GradScaler). ``gram_values``: the K·K Gram
     of ``g``, already computed by a fused step whose C solve handed it back.
 
-    On CPU with the native kernels, one call does all three (:func:`_fused`) and the result
+    On CPU with the native kernels, one call does all three (:func:`_step_native`) and the result
     comes back as :class:`_Deferred`, whose tensors are made when first asked for; otherwise
     (or where the C solve hands the problem back) the Gram, :func:`conflict_opt.solve` and the
     combination run one after the other. Either way ``.grad`` is assigned only after the
@@ -165,12 +165,15 @@ def _aggregate(
     reached, outs, fresh = _outputs(params, g, accumulate, reuse)
     picked = g if len(reached) == len(g.slots) else _subset(g, reached)
     out = _as_out(outs, picked) if check_out else tuple(outs)
+    fused: tuple[list[float], tuple | None] | None = None
     if gram_values is not None:
-        fused: tuple[list[float], tuple | None] | None = (gram_values, None)
+        fused = (gram_values, None)
     elif unscale is None:
-        fused = _fused(out, picked, weights, method, c, backend, primitive_backend, accumulate)
-    else:
-        fused = None
+        args = _native_solve(
+            weights, picked.k, method, c, backend, primitive_backend, picked.device
+        )
+        if args is not None:
+            fused = _step_native(out, picked, *args, accumulate)
     if fused is not None and fused[1] is not None:
         agg: Aggregation | _Deferred = _Deferred(picked.k, *fused)
     else:
@@ -189,10 +192,10 @@ def _aggregate(
 
 
 class _Deferred(NamedTuple):
-    """The fused path's answer as Python numbers (:func:`_fused`); :meth:`materialise` makes the
-    tensors of an :class:`Aggregation`. A training step whose diagnostics nobody reads makes
-    none of them: tensor creation, a few µs each in a loop, costs several times that between
-    backward passes."""
+    """The fused path's answer as Python numbers (:func:`_step_native`); :meth:`materialise`
+    makes the tensors of an :class:`Aggregation`. A training step whose diagnostics nobody
+    reads makes none of them: tensor creation, a few µs each in a loop, costs several times
+    that between backward passes."""
 
     k: int
     gram: list[float]
@@ -201,26 +204,6 @@ class _Deferred(NamedTuple):
     def materialise(self) -> Aggregation:
         h = _gram_tensor(self.gram, self.k)
         return Aggregation(_host._output(h, *self.answer), h)
-
-
-def _fused(
-    out: tuple[torch.Tensor, ...],
-    g: Grads,
-    weights: torch.Tensor | Sequence[float] | None,
-    method: Method,
-    c: float,
-    backend: Backend,
-    primitive_backend: PrimitiveBackend,
-    accumulate: bool,
-) -> tuple[list[float], tuple | None] | None:
-    """Gram, host solve and combination in one native call (:func:`_step_native`), or ``None``
-    where that does not apply: the torch primitives backend on CPU with the kernels on, weights
-    the host path takes (:func:`conflict_opt.solvers._host.solve_host`), and a solve it has in
-    C (the closed form, or the CAGrad active set; not MGDA with ``backend="iterative"``, not
-    ``"exact"``). Options as :func:`conflict_opt.solve` with ``validate=False``, which the
-    torch path is then run with where the C solve hands back."""
-    args = _native_solve(weights, g.k, method, c, backend, primitive_backend, g.device)
-    return None if args is None else _step_native(out, g, *args, accumulate)
 
 
 def _native_solve(
@@ -232,8 +215,14 @@ def _native_solve(
     primitive_backend: PrimitiveBackend,
     device: torch.device,
 ) -> tuple[list[float], tuple] | None:
-    """The weights and options of the C host solve in a fused step (:func:`_fused`), or
-    ``None`` where that does not apply (see there)."""
+    """The weights and options of the C host solve for a fused step (Gram, host solve and
+    combination in one native call: :func:`conflict_opt.primitives._step_native` and
+    ``_step_store``), or ``None`` where that does not apply. It applies for the torch
+    primitives backend on CPU, weights the host path takes
+    (:func:`conflict_opt.solvers._host.solve_host`), and a solve it has in C (the closed form,
+    or the CAGrad active set; not MGDA with ``backend="iterative"``, not ``"exact"``). The
+    options are :func:`conflict_opt.solve`'s with ``validate=False``, which the torch path is
+    then run with where the C solve hands back."""
     if device.type != "cpu" or _select(primitive_backend, device) != "torch":
         return None
     chosen = _select_backend(backend, k)
@@ -720,7 +709,7 @@ class MultiObjectiveOptimizer:
         gram_values = None
         if reuse and not accumulate and params and params[0].is_cpu and not self._scaling():
             # The wrapper's own store on CPU: the fused step in one pass over it.
-            args = self._native_solve(k)
+            args = self._native_solve_cached(k)
             done = None if args is None else _step_store(params, grads, self.store_dtype, *args)
             if done is not None:
                 gram_values, answer, fresh = done
@@ -748,7 +737,7 @@ class MultiObjectiveOptimizer:
         )
         self._record(agg, k)
 
-    def _native_solve(self, k: int) -> tuple[list[float], tuple] | None:
+    def _native_solve_cached(self, k: int) -> tuple[list[float], tuple] | None:
         """:func:`_native_solve` on CPU for this wrapper's options, kept while they and the
         weights' values (``Tensor._version`` counts in-place changes) stay the same."""
         w = self.weights

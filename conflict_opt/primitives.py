@@ -71,6 +71,7 @@ else:
 _NATIVE_BUILT = sys.platform != "win32"
 # Gradient dtypes of the native kernels, with the kernels' code for each.
 _NATIVE_KIND = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
+_KIND_BYTES = (4, 8, 2)  # bytes per value of each kind
 _CPU = torch.device("cpu")
 # Tensor._use_count is private torch API (see optimizer._sole_owner); without it, nothing the
 # combination writes is one of the gradients themselves.
@@ -806,18 +807,24 @@ def _native_combine_work(
     non-temporal stores, and the flat copies that must stay alive during the call."""
     dtype, out_dtype = dtypes
     ptrs, lens, keep = _native_rows(g, slots)
-    values = sum(lens)
+    out_kind = _NATIVE_KIND[out_dtype]
+    threads, stream = _native_pass(sum(lens), g.k, out_kind)
     work = (
         g.k,
         ptrs,
         lens,
         _NATIVE_KIND[dtype],
-        _native_threads(values * (g.k + 1)),
+        threads,
         [outs[t].data_ptr() for t in slots],
-        _NATIVE_KIND[out_dtype],
+        out_kind,
     )
-    stream = values * torch.finfo(out_dtype).bits // 8 >= _NATIVE_STREAM_BYTES
     return work, stream, keep
+
+
+def _native_pass(values: int, k: int, out_kind: int) -> tuple[int, bool]:
+    """Threads for a native pass that reads K rows of ``values`` values each and writes one
+    output of ``out_kind``, and whether to write that output with non-temporal stores."""
+    return _native_threads(values * (k + 1)), values * _KIND_BYTES[out_kind] >= _NATIVE_STREAM_BYTES
 
 
 def _step_native(
@@ -925,21 +932,9 @@ def _step_store(
         out_ptrs.append(out.data_ptr())
     if kind == -1:
         return None  # no objective reaches any parameter
-    values = sum(lens)
-    out_bytes = values * (8 if out_kind == 1 else 4 if out_kind == 0 else 2)
+    threads, stream = _native_pass(sum(lens), k, out_kind)
     done = _native.step(
-        k,
-        ptrs,
-        lens,
-        kind,
-        _native_threads(values * (k + 1)),
-        out_ptrs,
-        out_kind,
-        False,
-        out_bytes >= _NATIVE_STREAM_BYTES,
-        weights,
-        options,
-        True,
+        k, ptrs, lens, kind, threads, out_ptrs, out_kind, False, stream, weights, options, True
     )
     if done is None:
         return None

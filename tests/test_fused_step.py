@@ -62,8 +62,8 @@ def _train(
     with monkeypatch.context() as m:
         calls = _spy(m)
         if not fused:
-            m.setattr(optimizer, "_fused", lambda *args, **kwargs: None)
-        if not (fused and store_path):
+            m.setattr(optimizer, "_native_solve", lambda *args, **kwargs: None)
+        if not store_path:  # (with fused off, _native_solve has turned it off already)
             m.setattr(optimizer, "_step_store", lambda *args, **kwargs: None)
         model = _model(k)
         opt = MultiObjectiveOptimizer(torch.optim.Adam(model.parameters(), lr=0.01), **options)
@@ -210,7 +210,7 @@ def test_grad_is_assigned_only_once_written(monkeypatch: pytest.MonkeyPatch) -> 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("solver failure")
 
-    monkeypatch.setattr(optimizer, "_fused", lambda *args, **kwargs: None)
+    monkeypatch.setattr(optimizer, "_native_solve", lambda *args, **kwargs: None)
     monkeypatch.setattr(optimizer, "solve", broken)
     with pytest.raises(RuntimeError, match="solver failure"):
         conflict_opt.aggregate_(params, grads, None)
@@ -334,9 +334,13 @@ def test_exclusive_refuses_before_reading_or_writing() -> None:
     assert not torch.equal(x, before)
 
 
-def _store_calls(monkeypatch: pytest.MonkeyPatch) -> list:
-    """Record what every ``_step_store`` call returned (None: declined)."""
+def _store_calls(monkeypatch: pytest.MonkeyPatch, on: bool = True) -> list:
+    """Record what every ``_step_store`` call returned (None: declined); ``on=False`` turns
+    the route off (the general path takes every step) and records nothing."""
     calls: list = []
+    if not on:
+        monkeypatch.setattr(optimizer, "_step_store", lambda *args, **kwargs: None)
+        return calls
     real = optimizer._step_store
 
     def spy(*args: object, **kwargs: object) -> object:
@@ -370,9 +374,7 @@ def _pair_step(monkeypatch: pytest.MonkeyPatch, how: str, store_path: bool) -> t
     model = _Pair(how)
     x = torch.randn(5, 4)
     with monkeypatch.context() as m:
-        calls = _store_calls(m)
-        if not store_path:
-            m.setattr(optimizer, "_step_store", lambda *args, **kwargs: None)
+        calls = _store_calls(m, store_path)
         opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [0.2, 0.3, 0.5])
         opt.zero_grad()
         opt.step(model.losses(x))
@@ -441,9 +443,7 @@ def test_store_path_declines_what_it_cannot_do_in_one_call(
         model = _Mixed(case)
         x = torch.randn(6, 4)
         with monkeypatch.context() as m:
-            calls = _store_calls(m)
-            if not store_path:
-                m.setattr(optimizer, "_step_store", lambda *args, **kwargs: None)
+            calls = _store_calls(m, store_path)
             if case == "kernels off":
                 m.setenv(primitives.NATIVE_DISABLE_ENV, "1")
             opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
