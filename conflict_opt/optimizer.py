@@ -220,7 +220,7 @@ def _native_solve(
     ``_step_store``), or ``None`` where that does not apply. It applies for the torch
     primitives backend on CPU, weights the host path takes
     (:func:`conflict_opt.solvers._host.solve_host`), and a solve it has in C (the closed form,
-    or the CAGrad active set; not MGDA with ``backend="iterative"``, not ``"exact"``). The
+    or the active set; not ``"exact"``). The
     options are :func:`conflict_opt.solve`'s with ``validate=False``, which the torch path is
     then run with where the C solve hands back."""
     if device.type != "cpu" or _select(primitive_backend, device) != "torch":
@@ -228,12 +228,10 @@ def _native_solve(
     chosen = _select_backend(backend, k)
     if chosen == "exact" or k > _host.MAX_K:
         return None
-    closed_form = chosen == "closed_form"
-    if method == "mgda" and not closed_form:
-        return None
     w = _host._weights_list(weights, k)
     if w is None:
         return None
+    closed_form = chosen == "closed_form"
     return w, _host.native_options(method, closed_form, float(c), torch.float64, k, False)
 
 

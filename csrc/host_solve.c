@@ -9,10 +9,11 @@
  *   closed form (K <= 3, any method but the trivial one; _host._closed_form): symmetric within
  *     tol, trace-normalise, no eigenvalue below -roundoff, then the best of the edge
  *     minimisers and, for K = 3, the smooth interior KKT point;
- *   homotopy (backend "iterative", methods "cagrad" and "cagrad_clip"; _host._active_set):
- *     trace-normalise, accept only if Cholesky succeeds and the 1-norm condition number is at
- *     most max_condition, then follow the piecewise-linear KKT path q(nu) of the dual (the
- *     LARS-style walk of _host._homotopy) to the root of q'Hq = sigma^2;
+ *   active set (backend "iterative"; _host._active_set): trace-normalise, accept only if
+ *     Cholesky succeeds and the 1-norm condition number is at most max_condition, then, for
+ *     "cagrad" and "cagrad_clip", follow the piecewise-linear KKT path q(nu) of the dual (the
+ *     LARS-style walk of _host._homotopy) to the root of q'Hq = sigma^2, and for "mgda" solve
+ *     the nonnegative QP min q'Hq/2 - 1'q by Lawson-Hanson's active set (_host._nnqp);
  *
  * and both end in _finish: Frank-Wolfe certificate, snap, clip, coefficients. Why C: one solve
  * is some hundred operations on 2 to 32 numbers, which scalar Python (the closed form, ~35 us)
@@ -81,7 +82,7 @@ static void matvec(const double *h, int k, const double *v, double *out) {
 /* Scratch for one solve: K x K matrices and K-vectors, carved from one allocation. */
 typedef struct {
     double *h, *l, *beta, *hv, *v, *u, *tmp, *kept, *lengths;
-    int *support, *outside;
+    int *support, *outside, *excluded;
 } scratch_t;
 
 /* The homotopy of _host._homotopy: writes p (k values) and returns the pieces walked, or 0. */
@@ -180,6 +181,91 @@ static int homotopy(const double *h, int k, const double *beta, double sigma, in
         if (n == 0) return 0;
     }
     return 0;
+}
+
+/* _host._nnqp: argmin_{q >= 0} q'hq/2 - b'q for positive definite h by Lawson-Hanson's active
+ * set (MGDA's dual with b = 1). Writes q (k values) and returns the pivots used (at least 1), or
+ * 0 when a solve fails or the budget runs out. Uses s->l, v, u, tmp, hv and the three int arrays;
+ * s->support lists the support in increasing index order, as numpy's flatnonzero does. */
+static int nnqp(const double *h, int k, const double *b, int budget, scratch_t *s, double *q) {
+    int *in = s->outside, *excluded = s->excluded, *idx = s->support;
+    int pivots = 0;
+    for (int i = 0; i < k; i++) q[i] = 0.0, in[i] = 0, excluded[i] = 0;
+    for (;;) {
+        /* The entering index: the largest gradient b - hq beyond the round-off of its terms
+         * among those neither in the support nor excluded (numpy argmax: the first maximum;
+         * a NaN wins and then stops the walk, as not NaN > 0). */
+        int j = -1;
+        double best = -INFINITY;
+        for (int i = 0; i < k; i++) {
+            double grad = b[i], mag = fabs(b[i]);
+            for (int m = 0; m < k; m++) {
+                grad -= h[i * k + m] * q[m];
+                mag += fabs(h[i * k + m]) * q[m];
+            }
+            double cand = in[i] || excluded[i] ? -INFINITY : grad - 1e-13 * mag;
+            if (isnan(cand)) {
+                j = i;
+                best = cand;
+                break;
+            }
+            if (j < 0 || cand > best) {
+                j = i;
+                best = cand;
+            }
+        }
+        if (!(best > 0.0)) return pivots > 0 ? pivots : 0;
+        in[j] = 1;
+        pivots++;
+        int entering = 1;
+        for (;;) {
+            if (pivots > budget) return 0;
+            int n = 0;
+            for (int i = 0; i < k; i++)
+                if (in[i]) idx[n++] = i;
+            if (cholesky(h, k, idx, n, s->l) < 0) return 0;
+            for (int a = 0; a < n; a++) s->v[a] = b[idx[a]];
+            chol_solve(s->l, n, s->v); /* z */
+            int all_positive = 1;
+            for (int a = 0; a < n; a++) all_positive &= s->v[a] > 0.0;
+            if (all_positive) {
+                for (int i = 0; i < k; i++) q[i] = 0.0, excluded[i] = 0;
+                for (int a = 0; a < n; a++) q[idx[a]] = s->v[a];
+                break;
+            }
+            if (entering) {
+                int blocked_j = 0;
+                for (int a = 0; a < n; a++) blocked_j |= idx[a] == j && s->v[a] <= 0.0;
+                if (blocked_j) {
+                    /* Round-off: an index with a positive gradient enters with z_j > 0 in exact
+                     * arithmetic; letting it leave again would cycle. */
+                    in[j] = 0;
+                    excluded[j] = 1;
+                    break;
+                }
+            }
+            entering = 0;
+            /* The longest step from q towards z keeping q >= 0 (current >= 0 >= z if blocked). */
+            double step = INFINITY;
+            for (int a = 0; a < n; a++) {
+                double cur = q[idx[a]], z = s->v[a], ratio = INFINITY;
+                if (z <= 0.0) {
+                    double denom = cur - z;
+                    ratio = denom > 0.0 ? cur / denom : 0.0;
+                }
+                s->tmp[a] = ratio;
+                if (ratio < step) step = ratio;
+            }
+            for (int a = 0; a < n; a++) {
+                double cur = q[idx[a]];
+                cur = cur + step * (s->v[a] - cur);
+                if (s->tmp[a] <= step || cur <= 0.0) cur = 0.0;
+                q[idx[a]] = cur;
+                if (cur <= 0.0) in[idx[a]] = 0;
+            }
+            pivots++;
+        }
+    }
 }
 
 /* Squared norm test of _finish: x'Hx > floor * (x . lengths)^2, with x'Hx returned. */
@@ -377,10 +463,10 @@ int host_solve(const double *raw, int k, ptrdiff_t s0, ptrdiff_t s1, const doubl
         *pieces = 0;
         return 1;
     }
-    if (o->closed_form ? k > 3 : o->method == HOST_MGDA) return 0; /* the Python path's */
+    if (o->closed_form && k > 3) return 0; /* the Python path's */
     size_t kk = (size_t)k * k;
     double *mem = malloc((2 * kk + 7 * (size_t)k) * sizeof(double));
-    int *imem = malloc(2 * (size_t)k * sizeof(int));
+    int *imem = malloc(3 * (size_t)k * sizeof(int));
     if (mem == NULL || imem == NULL) {
         free(mem);
         free(imem);
@@ -390,7 +476,7 @@ int host_solve(const double *raw, int k, ptrdiff_t s0, ptrdiff_t s1, const doubl
     scratch_t s = {
         .h = mem, .l = mem + kk, .beta = vec, .hv = vec + k, .v = vec + 2 * k, .u = vec + 3 * k,
         .tmp = vec + 4 * k, .kept = vec + 5 * k, .lengths = vec + 6 * k,
-        .support = imem, .outside = imem + k,
+        .support = imem, .outside = imem + k, .excluded = imem + 2 * k,
     };
     int ok = 0, walked = 0;
 
@@ -455,7 +541,17 @@ int host_solve(const double *raw, int k, ptrdiff_t s0, ptrdiff_t s1, const doubl
         sigma = o->c;
     }
 
-    if (!o->closed_form) {
+    if (!o->closed_form && o->method == HOST_MGDA) {
+        /* MGDA's dual min_{p in simplex} p'Hp is a single NNQP: p = q / sum(q) for
+         * q = argmin_{q >= 0} q'Hq/2 - 1'q (_host._active_set). */
+        for (int i = 0; i < k; i++) s.kept[i] = 1.0; /* b */
+        walked = nnqp(s.h, k, s.kept, o->budget, &s, dual);
+        if (walked == 0) goto out;
+        double total = 0.0;
+        for (int i = 0; i < k; i++) total += dual[i];
+        if (!(total > 0.0) || !isfinite(total)) goto out;
+        for (int i = 0; i < k; i++) dual[i] /= total;
+    } else if (!o->closed_form) {
         walked = homotopy(s.h, k, s.beta, sigma, o->budget, &s, dual);
         if (walked == 0) goto out;
     } else if (k == 1) {

@@ -142,7 +142,7 @@ def test_the_fused_path_is_taken_where_it_applies_and_only_there(
 
     assert [a is not None for _, a in steps(4)] == [True]
     assert [a is not None for _, a in steps(3, method="mgda")] == [True]  # closed form in C
-    assert steps(4, method="mgda") == []  # MGDA's active set is numpy's
+    assert [a is not None for _, a in steps(4, method="mgda")] == [True]  # active set in C
     assert steps(3, primitive_backend="reference") == []
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     assert steps(3, scaler=scaler) == []  # the Gram is unscaled before the solve

@@ -1,5 +1,6 @@
 """The compiled solves of the host path (``conflict_opt._native.solve_host``, csrc/host_solve.c)
-against their twins in conflict_opt/solvers/_host.py: the CAGrad active set against numpy/LAPACK,
+against their twins in conflict_opt/solvers/_host.py: the active sets (CAGrad's homotopy, MGDA's
+Lawson–Hanson) against numpy/LAPACK,
 the closed form (K ≤ 3, MGDA too) against scalar Python.
 
 Both must refuse the same problems and return the same answers up to round-off: the C code is
@@ -82,19 +83,19 @@ GRID = list(
 )
 
 
-@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad"])
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad", "mgda"])
 def test_refuses_and_answers_exactly_what_the_numpy_path_does(
     method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fixed grid of 420 problems × 3 radii (about 830 answered): the same problems
-    answered, the same answers."""
+    """A fixed grid of 420 problems × 3 radii (about 830 answered; MGDA, which has no radius,
+    about 280): the same problems answered, the same answers, the same pivots."""
     answered = refused = 0
     for k, kind, weight_kind, seed in GRID:
         rng = np.random.default_rng(seed)
         scale = 10.0 ** (4 * seed - 4)
         case = helpers.case(rng, k, kind=kind, weight_kind=weight_kind, scale=scale)
         gram, weights = torch.tensor(case.gram), torch.tensor(case.weights)
-        for c in (0.1, 0.4, 0.95):
+        for c in (0.1, 0.4, 0.95) if method != "mgda" else (0.4,):
             a, b = both(monkeypatch, gram, weights, method, c)
             assert (a is None) == (b is None), (k, kind, weight_kind, seed, c)
             if a is None:
@@ -103,7 +104,8 @@ def test_refuses_and_answers_exactly_what_the_numpy_path_does(
             answered += 1
             assert_same(a, b)
     # Both halves exercised: ordinary problems answered, rank-deficient ones refused.
-    assert answered >= 600 and refused >= 200, (answered, refused)
+    least = (200, 60) if method == "mgda" else (600, 200)
+    assert answered >= least[0] and refused >= least[1], (answered, refused)
 
 
 CLOSED_GRID = list(
@@ -231,7 +233,7 @@ def problems(draw: st.DrawFn) -> tuple:
 
 
 @settings(max_examples=200)
-@given(problems(), st.sampled_from(("cagrad_clip", "cagrad")))
+@given(problems(), st.sampled_from(("cagrad_clip", "cagrad", "mgda")))
 def test_agrees_with_the_numpy_path_on_random_problems(problem: tuple, method: str) -> None:
     """Where both answer, the same answer. Where only one does (a test decided by round-off
     at one of the thresholds: condition number, squared-norm floor, gap), that answer is
@@ -250,24 +252,23 @@ def test_agrees_with_the_numpy_path_on_random_problems(problem: tuple, method: s
             helpers.assert_same_direction(case, res.coeffs.numpy(), ref.coeffs.numpy())
 
 
-def test_cagrad_methods_take_the_compiled_path_and_mgda_does_not(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_every_method_takes_the_compiled_active_set(monkeypatch: pytest.MonkeyPatch) -> None:
     case = helpers.case(np.random.default_rng(0), 5, kind="conflict")
     gram = torch.tensor(case.gram)
 
     def boom(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the numpy homotopy ran although the compiled one is enabled")
+        raise AssertionError("a numpy active set ran although the compiled one is enabled")
 
     monkeypatch.setattr(_host, "_homotopy", boom)
-    for method in ("cagrad", "cagrad_clip"):
+    monkeypatch.setattr(_host, "_nnqp", boom)
+    for method in ("cagrad", "cagrad_clip", "mgda"):
         assert _host.solve_host(gram, None, method, 0.4, "iterative", True) is not None
-    assert _host.solve_host(gram, None, "mgda", 0.4, "iterative", True) is not None
     # Disabled: the numpy path, and nothing of the compiled one.
     monkeypatch.undo()
     monkeypatch.setenv(primitives.NATIVE_DISABLE_ENV, "1")
     monkeypatch.setattr(native, "solve_host", boom)
-    assert _host.solve_host(gram, None, "cagrad_clip", 0.4, "iterative", True) is not None
+    for method in ("cagrad_clip", "mgda"):
+        assert _host.solve_host(gram, None, method, 0.4, "iterative", True) is not None
 
 
 def test_strided_transposed_and_low_precision_grams_read_as_their_values(
@@ -374,11 +375,18 @@ def test_entry_checks_its_arguments() -> None:
         np.testing.assert_allclose(dual, w, rtol=1e-14)
         assert dual == clipped and gap <= _problem.TOL_OPTIMAL
         assert (pieces >= 1) != closed_form  # the closed form walks no pieces
-    # The trivial solve: a = w whatever the Gram, unless it is non-finite; MGDA has no homotopy.
+    # The trivial solve: a = w whatever the Gram, unless it is non-finite.
     assert native.solve_host(*args(gram * -5.0, w, method=3)) == (w, w, w, 0.0, 0)
     assert native.solve_host(*args(gram * math.nan, w, method=3)) is None
-    assert native.solve_host(*args(gram, w, method=2)) is None
-    assert native.solve_host(*args(gram, w, method=2, closed_form=True))[0] == pytest.approx(w)
+    # MGDA on orthonormal gradients: p = a = uniform, the active set entering all three.
+    for closed_form in (False, True):
+        coeffs, dual, clipped, gap, pivots = native.solve_host(
+            *args(gram, w, method=2, closed_form=closed_form)
+        )
+        np.testing.assert_allclose(coeffs, w, rtol=1e-14)
+        assert coeffs == dual == clipped and gap <= _problem.TOL_OPTIMAL
+        assert pivots == (0 if closed_form else 3)
+    assert native.solve_host(*args(gram, w, method=2, budget=2)) is None  # out of pivots
     assert (
         native.solve_host(*args(torch.eye(4, dtype=torch.float64), [0.25] * 4, closed_form=True))
         is None

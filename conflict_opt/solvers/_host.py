@@ -5,9 +5,10 @@ unbatched solve is hundreds of operations on 2 to 32 numbers (about 1 ms for the
 10 to 30 ms for the interior-point method). A training loop solves exactly one such problem per
 step. On CPU the Gram is already on the host, so reading it costs nothing; this module solves it
 with scalar Python (closed form, K ≤ 3) or with a few LAPACK calls (active set, any K). Where
-the CPU kernels of ``conflict_opt._native`` run, the closed form and the CAGrad active set run
-as their C transcriptions (csrc/host_solve.c, :func:`_solve_native`; a few µs each), which
-``tests/test_host_native.py`` holds to the same answers; MGDA's active set stays in numpy.
+the CPU kernels of ``conflict_opt._native`` run, the closed form and the active sets (CAGrad's
+homotopy, MGDA's Lawson–Hanson) run as their C transcriptions (csrc/host_solve.c,
+:func:`_solve_native`; a few µs each), which ``tests/test_host_native.py`` holds to the same
+answers.
 
 Contract. :func:`solve_host` returns a :class:`SolveResult` only when every number in it is
 certified by the same Frank–Wolfe/KKT bound as the torch path (:func:`._problem.certificate`)
@@ -482,12 +483,12 @@ def _active_set(
     """The ``iterative`` backend on the host (module docstring): coefficients, dual, clipped
     dual, certified gap and pieces (or pivots) walked, or ``None`` for the torch path.
 
-    CAGrad methods run in compiled code (:func:`_solve_native`) wherever the CPU kernels
-    of ``conflict_opt._native`` run (``CONFLICT_OPT_DISABLE_NATIVE=1`` turns both off); MGDA
-    and the rest run here.
+    It runs in compiled code (:func:`_solve_native`) wherever the CPU kernels of
+    ``conflict_opt._native`` run (``CONFLICT_OPT_DISABLE_NATIVE=1`` turns both off), and here
+    otherwise.
     """
     k = gram.shape[-1]
-    if method != "mgda" and _use_native(gram.device):
+    if _use_native(gram.device):
         return _solve_native(gram, w, method, c, False, validate)
     sym = _symmetrised(gram, validate)
     if sym is None:
@@ -583,7 +584,8 @@ def _solve_native(
     gram: torch.Tensor, w: list[float], method: str, c: float, closed_form: bool, validate: bool
 ) -> tuple[list[float], list[float], list[float], float, int] | None:
     """The closed form (:func:`_closed_form` with :func:`solve_host`'s checks before it) or the
-    CAGrad active set (:func:`_active_set`) in C (csrc/host_solve.c).
+    active set (:func:`_active_set`: :func:`_homotopy` or :func:`_nnqp`) in C
+    (csrc/host_solve.c).
 
     The same steps in the same order, and the same thresholds (:func:`native_options`). One
     deliberate difference: the active set's 1-norm condition number is computed exactly from
