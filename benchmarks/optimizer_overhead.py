@@ -20,9 +20,8 @@ A second estimate takes the backward passes out of both terms. Every call of
 ``torch.autograd.grad`` and ``torch.autograd.backward`` is timed, and each step's time spent
 inside them is subtracted from that step (``net_median_s``). The overhead is then
 (net ``ours-*`` − net ``k_backward_step``) / one backward: the K passes, by far the largest
-and noisiest part of both steps, no longer enter the difference. It does not apply to the
-bfloat16 store, whose conversion runs in hooks inside the passes and would be subtracted with
-them; the report leaves that route out of it.
+and noisiest part of both steps, no longer enter the difference. The bfloat16 store's
+conversion runs after each pass, so it stays in the net figure.
 
 The peers' routes (``torchjd-cagrad``, ``torchjd-upgrad`` when TorchJD is installed, and
 ``research``) run in the same rounds, so that the "faster than" ratios also come from

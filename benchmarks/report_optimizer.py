@@ -60,8 +60,7 @@ def overhead_targets(
     """The overhead target per model, K and wrapper route, from one set of step times.
 
     ``net``: the steps' times with their backward passes subtracted (``net_median_s`` of
-    ``optimizer_overhead.py``); the bfloat16 store, whose conversion runs inside the passes,
-    is left out."""
+    ``optimizer_overhead.py``)."""
     key = "net_median_s" if net else "median_s"
     out = []
     for model, k in sorted({(r["model"], r["k"]) for r in rows}):
@@ -72,7 +71,7 @@ def overhead_targets(
             continue
         for name in ROUTES:
             t = _t(rows, model, k, name, key)
-            if not name.startswith("ours-") or t is None or (net and name.endswith("-bf16")):
+            if not name.startswith("ours-") or t is None:
                 continue
             ratio = (t - kb) / (fb - fwd)
             out.append(

@@ -185,7 +185,7 @@ static int homotopy(const double *h, int k, const double *beta, double sigma, in
 
 /* _host._nnqp: argmin_{q >= 0} q'hq/2 - b'q for positive definite h by Lawson-Hanson's active
  * set (MGDA's dual with b = 1). Writes q (k values) and returns the pivots used (at least 1), or
- * 0 when a solve fails or the budget runs out. Uses s->l, v, u, tmp, hv and the three int arrays;
+ * 0 when a solve fails or the budget runs out. Uses s->l, v, tmp and the three int arrays;
  * s->support lists the support in increasing index order, as numpy's flatnonzero does. */
 static int nnqp(const double *h, int k, const double *b, int budget, scratch_t *s, double *q) {
     int *in = s->outside, *excluded = s->excluded, *idx = s->support;
@@ -214,7 +214,7 @@ static int nnqp(const double *h, int k, const double *b, int budget, scratch_t *
                 best = cand;
             }
         }
-        if (!(best > 0.0)) return pivots > 0 ? pivots : 0;
+        if (!(best > 0.0)) return pivots; /* 0 (refuse) only if nothing ever entered */
         in[j] = 1;
         pivots++;
         int entering = 1;

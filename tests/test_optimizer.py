@@ -434,7 +434,7 @@ def test_aggregate_rejects_mismatched_gradients() -> None:
 
 
 def test_bf16_store_keeps_accumulated_grad_across_micro_batches() -> None:
-    """The bfloat16 store gathers through gradient hooks with ``.grad`` set aside: directions
+    """The bfloat16 store gathers with ``autograd.grad``, which leaves ``.grad`` alone: directions
     accumulated by earlier micro-batches survive, and match the float32 store's."""
     runs = []
     for dtype in (None, torch.bfloat16):
