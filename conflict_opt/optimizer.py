@@ -621,45 +621,30 @@ class MultiObjectiveOptimizer:
     def _gradients(
         self, items: list[torch.Tensor], params: list[torch.Tensor]
     ) -> list[list[torch.Tensor | None]]:
-        if self.store_dtype is not None and any(p.dtype != self.store_dtype for p in params):
-            return self._gradients_converted(items, params)
-        grads = []
-        for i, loss in enumerate(items):
-            # The graph is kept until the last objective's pass, then freed.
-            g = torch.autograd.grad(
-                loss, params, retain_graph=i < len(items) - 1, allow_unused=True
-            )
-            grads.append(list(g))
-        return grads
+        """One ``autograd.grad`` per objective; the graph is kept until the last one's pass.
 
-    def _gradients_converted(
-        self, items: list[torch.Tensor], params: list[torch.Tensor]
-    ) -> list[list[torch.Tensor | None]]:
-        """Per-objective gradients converted to ``store_dtype``.
-
-        One ``autograd.grad`` per objective, as for the float32 store; right after each pass
-        its gradients are converted one parameter at a time, each full-precision tensor
-        dropped as soon as its copy exists. So beyond the store only one objective's
-        full-precision gradients are ever alive, what a plain backward leaves in ``.grad``
-        too. (Converting inside the pass, in a post-accumulate hook per parameter, would hold
-        one parameter's at a time, but the hooks' Python calls and their ``.grad``
-        bookkeeping cost about a quarter of a backward on the benchmark MLP, and the peak,
-        reached at the step when the float32 ``.grad`` is written, is the same.)
+        With ``store_dtype``, each pass's gradients are converted right after it, one parameter
+        at a time, each full-precision tensor dropped as soon as its copy exists. So beyond the
+        store only one objective's full-precision gradients are ever alive, what a plain
+        backward leaves in ``.grad`` too. (Converting inside the pass, in a post-accumulate hook
+        per parameter, would hold one parameter's at a time, but the hooks' Python calls and
+        their ``.grad`` bookkeeping cost about a quarter of a backward on the benchmark MLP,
+        and the peak, reached at the step when the float32 ``.grad`` is written, is the same.)
         """
         dtype = self.store_dtype
+        convert = dtype is not None and any(p.dtype != dtype for p in params)
         grads: list[list[torch.Tensor | None]] = []
         for i, loss in enumerate(items):
-            full = list(
+            g = list(
                 torch.autograd.grad(
                     loss, params, retain_graph=i < len(items) - 1, allow_unused=True
                 )
             )
-            out: list[torch.Tensor | None] = []
-            for t in range(len(full)):
-                x, full[t] = full[t], None
-                out.append(None if x is None else x.to(dtype))
-                del x  # the full-precision tensor goes now, not at the next parameter
-            grads.append(out)
+            if convert:
+                for t in range(len(g)):
+                    if g[t] is not None:
+                        g[t] = g[t].to(dtype)  # the full-precision tensor goes here
+            grads.append(g)
         return grads
 
     def _keep(self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]) -> None:

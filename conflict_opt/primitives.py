@@ -321,7 +321,7 @@ def native_unavailable() -> str | None:
     ``CONFLICT_OPT_DISABLE_NATIVE=1``, and are not built on Windows. Anywhere else a missing or
     broken ``conflict_opt._native`` is an error, raised by the first CPU call of the torch
     backend rather than covered up. The same switch and the same rule cover the compiled
-    CAGrad active set of the solvers' host path (``conflict_opt.solvers._host``).
+    solves of the solvers' host path (``conflict_opt.solvers._host``).
     """
     if _env_flag(NATIVE_DISABLE_ENV):
         return f"they are disabled by {NATIVE_DISABLE_ENV}={os.environ[NATIVE_DISABLE_ENV]}"

@@ -45,6 +45,11 @@ def both(
     return compiled, python
 
 
+def radii(method: str) -> tuple[float, ...]:
+    """The radii c each grid problem is solved at; MGDA has none (one solve)."""
+    return (0.4,) if method == "mgda" else (0.1, 0.4, 0.95)
+
+
 def assert_same(a: conflict_opt.SolveResult, b: conflict_opt.SolveResult) -> None:
     assert int(a.iterations) == int(b.iterations)
     for name in ("coeffs", "dual", "clipped"):
@@ -95,7 +100,7 @@ def test_refuses_and_answers_exactly_what_the_numpy_path_does(
         scale = 10.0 ** (4 * seed - 4)
         case = helpers.case(rng, k, kind=kind, weight_kind=weight_kind, scale=scale)
         gram, weights = torch.tensor(case.gram), torch.tensor(case.weights)
-        for c in (0.1, 0.4, 0.95) if method != "mgda" else (0.4,):
+        for c in radii(method):
             a, b = both(monkeypatch, gram, weights, method, c)
             assert (a is None) == (b is None), (k, kind, weight_kind, seed, c)
             if a is None:
@@ -132,7 +137,7 @@ def test_closed_form_refuses_and_answers_exactly_what_scalar_python_does(
         scale = 10.0 ** (3 * seed - 4)
         case = helpers.case(rng, k, rank=rank, kind=kind, weight_kind=weight_kind, scale=scale)
         gram, weights = torch.tensor(case.gram), torch.tensor(case.weights)
-        for c in (0.1, 0.4, 0.95) if method != "mgda" else (0.4,):
+        for c in radii(method):
             a, b = both(monkeypatch, gram, weights, method, c, "closed_form")
             assert (a is None) == (b is None), (k, kind, rank, weight_kind, seed, c)
             if a is None:

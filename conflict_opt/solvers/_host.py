@@ -550,6 +550,11 @@ def _thresholds(dtype: torch.dtype, k: int) -> tuple[float, float]:
     return zero, max(FLOOR * k, zero)
 
 
+def _trivial(method: str, c: float) -> bool:
+    """Whether the solve is a = w: ``"linear"``, or a CAGrad method with c = 0."""
+    return method == "linear" or (method != "mgda" and c == 0.0)
+
+
 # Method numbers of csrc/host_solve.h.
 _NATIVE_METHOD = {"cagrad": 0, "cagrad_clip": 1, "mgda": 2, "linear": 3}
 
@@ -562,9 +567,8 @@ def native_options(
     this module's thresholds for one problem shape, as :func:`solve_host` applies them.
     ``method="linear"`` (or CAGrad with c = 0) is the trivial solve a = w."""
     zero, floor = _thresholds(dtype, k)
-    trivial = method == "linear" or (method != "mgda" and c == 0.0)
     return (
-        _NATIVE_METHOD["linear" if trivial else method],
+        _NATIVE_METHOD["linear" if _trivial(method, c) else method],
         closed_form,
         c,
         floor,
@@ -627,7 +631,7 @@ def solve_host(
     w = _weights_list(weights, k)
     if w is None:
         return None
-    trivial = method == "linear" or (method != "mgda" and c == 0.0)
+    trivial = _trivial(method, c)
     if backend == "closed_form" and not trivial and _use_native(gram.device):
         solved = _solve_native(gram, w, method, c, True, validate)
         return None if solved is None else _output(gram, *solved)
