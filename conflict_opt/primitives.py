@@ -890,48 +890,59 @@ def _step_store(
     problem back, and then nothing was written) and the (parameter, tensor) pairs still to be
     assigned as ``.grad``.
     """
-    if _native is None or not _use_native(_CPU) or len(grads) > _native.HOST_MAX_K:
+    if _native is None or len(grads) > _native.HOST_MAX_K or not _use_native(_CPU):
         return None
-    k = len(grads)
+    # One loop of as few calls as the checks allow: it runs between the backward passes and
+    # the inner step, with the interpreter's code and data evicted from the caches, where each
+    # call costs several times what it does in a loop (docs/optimizer.md, "Where the overhead
+    # goes").
     kind = out_kind = -1
     ptrs: list[int] = []
     lens: list[int] = []
     out_ptrs: list[int] = []
     fresh: list[tuple[torch.Tensor, torch.Tensor]] = []
+    kinds = _NATIVE_KIND
     for p, *slot in zip(params, *grads, strict=True):
-        present = [x for x in slot if x is not None]
-        if not present:
+        out = p.grad
+        steal = out is None and _HAS_USE_COUNT and (store_dtype is None or store_dtype == p.dtype)
+        row = []
+        reached = False
+        for x in slot:
+            if x is None:
+                row.append(0)
+                continue
+            if not x.is_contiguous():
+                return None
+            if steal and x._use_count() == 1:
+                out, steal = x, False
+                fresh.append((p, x))
+            row.append(x.data_ptr())  # 0 for a zero-size tensor too: no value is read
+            reached = True
+        if not reached:
             continue  # no objective reaches p: its .grad stays as it is
         if not p.is_cpu:
             return None
-        dtype = p.dtype if store_dtype is None else store_dtype
-        row_kind = _NATIVE_KIND.get(dtype, -1)
+        row_kind = kinds.get(p.dtype if store_dtype is None else store_dtype, -1)
         if row_kind != kind:
             if kind != -1 or row_kind == -1:
                 return None
             kind = row_kind
-        for x in present:
-            if not x.is_contiguous():
-                return None
-        out = p.grad
         if out is None:
-            if dtype == p.dtype and _HAS_USE_COUNT:
-                out = next((x for x in present if x._use_count() == 1), None)
-            if out is None:
-                out = torch.empty_like(p)
+            out = torch.empty_like(p)
             fresh.append((p, out))
-        if not out.is_contiguous():
+        elif not out.is_contiguous():
             return None
-        o_kind = _NATIVE_KIND.get(out.dtype, -1)
+        o_kind = kinds.get(out.dtype, -1)
         if o_kind != out_kind:
             if out_kind != -1 or o_kind == -1 or (o_kind == 1) != (kind == 1):
                 return None
             out_kind = o_kind
-        ptrs += [0 if x is None else x.data_ptr() for x in slot]
+        ptrs += row
         lens.append(p.numel())
         out_ptrs.append(out.data_ptr())
     if kind == -1:
         return None  # no objective reaches any parameter
+    k = len(grads)
     threads, stream = _native_pass(sum(lens), k, out_kind)
     done = _native.step(
         k, ptrs, lens, kind, threads, out_ptrs, out_kind, False, stream, weights, options, True

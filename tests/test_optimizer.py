@@ -407,6 +407,8 @@ def test_autocast_and_last_info() -> None:
     }
     assert all(isinstance(v, torch.Tensor) for v in info.values())
     assert info["coeffs"].shape == (3,) and info["pairwise_cosines"].shape == (3, 3)
+    assert info["skipped"].dtype == torch.bool and info["skipped"].shape == ()
+    assert not bool(info["skipped"])
     torch.testing.assert_close(info["directional"], info["gram"] @ info["coeffs"].double())
     torch.testing.assert_close(info["pairwise_cosines"].diagonal(), torch.ones(3).double())
 
