@@ -128,10 +128,12 @@ def _assert_combined(out: torch.Tensor, want: torch.Tensor, size: torch.Tensor, 
         (torch.bfloat16, torch.float32),
     ],
 )
-@pytest.mark.parametrize("k", [1, 2, 3, 8])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8, 9])
 def test_combine_lengths_threads_and_streaming(
     k: int, dtype: torch.dtype, out_dtype: torch.dtype, stream: bool
 ) -> None:
+    """Up to 8 rows without streaming, a float32 or float64 output is summed in registers
+    (direct_*); streaming, a bfloat16 output or more rows go through the L1 buffer."""
     rows, j = _pieces(k, LENGTHS, dtype, none_every=3)
     a = torch.linspace(-1.0, 2.0, k, dtype=torch.float64)
     if dtype != torch.float64:
@@ -228,16 +230,18 @@ def test_combine_streams_into_misaligned_outputs(offset: int) -> None:
     assert bool(base[:offset].isnan().all()), "wrote before the output"
 
 
-def test_combine_into_one_of_its_rows() -> None:
-    rows, j = _pieces(3, (10_000,), torch.float32, seed=5)
-    target = rows[0][1]
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("k", "row"), [(3, 0), (3, 2), (9, 4)])
+def test_combine_into_one_of_its_rows(k: int, row: int, stream: bool) -> None:
+    """The output is one of the rows (how the optimizer reuses a gradient as ``.grad``): every
+    value of it is read before it is written, in the direct and the buffered combination."""
+    rows, j = _pieces(k, (10_000,), torch.float32, seed=5)
+    target = rows[0][row]
+    a = torch.arange(1.0, k + 1.0, dtype=torch.float64)
     native.combine(
-        3, _ptrs(rows), [10_000], 0, 2, [target.data_ptr()], 0, [1.0, 2.0, 3.0], False, True
+        k, _ptrs(rows), [10_000], 0, 2, [target.data_ptr()], 0, a.tolist(), False, stream
     )
-    want = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) @ j
-    _assert_combined(
-        target, want, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64) @ j.abs(), torch.float32
-    )
+    _assert_combined(target, a @ j, a @ j.abs(), torch.float32)
 
 
 def test_nonfinite_values_propagate_through_absent_rows() -> None:
