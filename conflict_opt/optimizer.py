@@ -35,6 +35,7 @@ from .primitives import (
     _gram_grads,
     _gram_tensor,
     _select,
+    _sole_owner,
     _step_native,
     _step_store,
     _subset,
@@ -320,17 +321,6 @@ def _reusable(
         ):
             return g
     return None
-
-
-def _sole_owner(g: torch.Tensor) -> bool:
-    """Whether no other tensor shares ``g``'s TensorImpl (a custom autograd Function may return
-    a tensor it saved, even the caller's own): PyTorch's AccumulateGrad makes the same check
-    before it steals a gradient into ``.grad``. ``Tensor._use_count`` is private torch API;
-    where it is missing nothing is reused."""
-    try:
-        return g._use_count() == 1
-    except AttributeError:
-        return False
 
 
 def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, torch.Tensor]:

@@ -73,9 +73,20 @@ _NATIVE_BUILT = sys.platform != "win32"
 _NATIVE_KIND = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2}
 _KIND_BYTES = (4, 8, 2)  # bytes per value of each kind
 _CPU = torch.device("cpu")
-# Tensor._use_count is private torch API (see optimizer._sole_owner); without it, nothing the
+# Tensor._use_count is private torch API (see _sole_owner); without it, nothing the
 # combination writes is one of the gradients themselves.
 _HAS_USE_COUNT = hasattr(torch.Tensor, "_use_count")
+
+
+def _sole_owner(g: torch.Tensor) -> bool:
+    """Whether no other tensor shares ``g``'s TensorImpl (a custom autograd Function may return
+    a tensor it saved, even the caller's own), so that ``g`` may become a ``.grad`` and be
+    overwritten: PyTorch's AccumulateGrad makes the same check before it steals a gradient into
+    ``.grad``. ``Tensor._use_count`` is private torch API; where it is missing nothing is
+    reused."""
+    return _HAS_USE_COUNT and g._use_count() == 1
+
+
 # Values per thread below which the native kernels use fewer threads. Their threads come from
 # torch's own OpenMP pool (csrc/multi_tensor_cpu.c, run_split): right after a torch op its
 # workers are still spinning and join at once, and measured there (K = 4, 2 cores) two threads
@@ -879,12 +890,11 @@ def _step_store(
     parameter's shape, dtype and device, or ``store_dtype``; accumulation sums like tensors) and
     checks the rest: CPU parameters, one natively read dtype, contiguous gradients and
     ``.grad``, one output dtype. A parameter without ``.grad`` gets one of its own gradient
-    tensors where no other tensor object holds it (``Tensor._use_count() == 1``, as PyTorch's
-    AccumulateGrad checks before it steals a gradient), else a fresh one. Whether an output
-    overlaps another parameter's gradients (autograd may hand one tensor to several
-    parameters) is checked by the kernel on the pointers (``exclusive``), for all of them at
-    once. Where anything does not hold, returns ``None`` with nothing read or written, and the
-    caller takes the general path.
+    tensors where no other tensor object holds it (:func:`_sole_owner`), else a fresh one.
+    Whether an output overlaps another parameter's gradients (autograd may hand one tensor to
+    several parameters) is checked by the kernel on the pointers (``exclusive``), for all of
+    them at once. Where anything does not hold, returns ``None`` with nothing read or written,
+    and the caller takes the general path.
 
     Returns the K·K Gram values, the solve's answer (``None`` where the C solve hands the
     problem back, and then nothing was written) and the (parameter, tensor) pairs still to be
@@ -904,7 +914,7 @@ def _step_store(
     kinds = _NATIVE_KIND
     for p, *slot in zip(params, *grads, strict=True):
         out = p.grad
-        steal = out is None and _HAS_USE_COUNT and (store_dtype is None or store_dtype == p.dtype)
+        steal = out is None and (store_dtype is None or store_dtype == p.dtype)
         row = []
         reached = False
         for x in slot:
@@ -913,7 +923,7 @@ def _step_store(
                 continue
             if not x.is_contiguous():
                 return None
-            if steal and x._use_count() == 1:
+            if steal and _sole_owner(x):
                 out, steal = x, False
                 fresh.append((p, x))
             row.append(x.data_ptr())  # 0 for a zero-size tensor too: no value is read

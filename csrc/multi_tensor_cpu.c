@@ -14,9 +14,9 @@
  * every pair of the chunk while it is in cache (register tiles of 4 x 4 rows), and splits the
  * range over threads. The combination sums up to 8 rows in registers (more through an L1
  * buffer), prefetches each row's next chunk while it works on the current one and writes big
- * outputs with non-temporal stores (no read of the output's old contents into cache). The Gram does not prefetch in software: on the machine it was tuned
- * on, the hardware prefetcher alone was faster in 13 of 14 side-by-side cases, typically by
- * 15-30%.
+ * outputs with non-temporal stores (no read of the output's old contents into cache). The Gram
+ * does not prefetch in software: on the machine it was tuned on, the hardware prefetcher alone
+ * was faster in 13 of 14 side-by-side cases, typically by 15-30%.
  *
  * Precision: float32 and bfloat16 values (widened exactly) are multiplied and summed in float32
  * within a chunk of at most GRAM_CHUNK values (at least 16 lanes per pair, so each lane sums at
@@ -449,37 +449,26 @@ DEFINE_DIRECTS(bf16, uint16_t, float, vf32, L32, loadbf16, load32, bf16f)
         direct_##NAME##_##N((const E *const *)x, (const E *const *)nx, c, m, (T *)out,         \
                             accumulate);                                                        \
         break;
-/* direct_NAME_k for k in 1..DIRECT_MAX_K. */
-#define DIRECT_SWITCH(NAME, E, T)                                                               \
-    switch (k) {                                                                                \
-        DIRECT_CASE(NAME, E, T, 1)                                                              \
-        DIRECT_CASE(NAME, E, T, 2)                                                              \
-        DIRECT_CASE(NAME, E, T, 3)                                                              \
-        DIRECT_CASE(NAME, E, T, 4)                                                              \
-        DIRECT_CASE(NAME, E, T, 5)                                                              \
-        DIRECT_CASE(NAME, E, T, 6)                                                              \
-        DIRECT_CASE(NAME, E, T, 7)                                                              \
-        DIRECT_CASE(NAME, E, T, 8)                                                              \
+/* direct_NAME(k, ...): direct_NAME_k for k in 1..DIRECT_MAX_K. */
+#define DEFINE_DIRECT_SWITCH(NAME, E, T)                                                        \
+    static inline __attribute__((always_inline)) void direct_##NAME(                           \
+        int k, const void **x, const void **nx, const T *c, int64_t m, void *out,              \
+        int accumulate) {                                                                       \
+        switch (k) {                                                                            \
+            DIRECT_CASE(NAME, E, T, 1)                                                          \
+            DIRECT_CASE(NAME, E, T, 2)                                                          \
+            DIRECT_CASE(NAME, E, T, 3)                                                          \
+            DIRECT_CASE(NAME, E, T, 4)                                                          \
+            DIRECT_CASE(NAME, E, T, 5)                                                          \
+            DIRECT_CASE(NAME, E, T, 6)                                                          \
+            DIRECT_CASE(NAME, E, T, 7)                                                          \
+            DIRECT_CASE(NAME, E, T, 8)                                                          \
+        }                                                                                       \
     }
 
-static inline __attribute__((always_inline)) void direct_float(int k, const void **x,
-                                                               const void **nx, const float *c,
-                                                               int64_t m, void *out,
-                                                               int accumulate) {
-    DIRECT_SWITCH(float, float, float)
-}
-static inline __attribute__((always_inline)) void direct_double(int k, const void **x,
-                                                                const void **nx, const double *c,
-                                                                int64_t m, void *out,
-                                                                int accumulate) {
-    DIRECT_SWITCH(double, double, double)
-}
-static inline __attribute__((always_inline)) void direct_bf16(int k, const void **x,
-                                                              const void **nx, const float *c,
-                                                              int64_t m, void *out,
-                                                              int accumulate) {
-    DIRECT_SWITCH(bf16, uint16_t, float)
-}
+DEFINE_DIRECT_SWITCH(float, float, float)
+DEFINE_DIRECT_SWITCH(double, double, double)
+DEFINE_DIRECT_SWITCH(bf16, uint16_t, float)
 
 /* Write (or add) m values of buf into out, of out's own type: float32 and float64 with
  * non-temporal stores when asked (16-byte aligned output, not accumulating), bfloat16 rounded
@@ -529,18 +518,13 @@ CLONES static void combine_range(const job_t *job) {
     FOR_EACH_CHUNK(job, cur, x, nx, {
         if (w->outs[cur.t] != NULL) { /* NULL: a skipped piece (see py_combine) */
             char *out = (char *)w->outs[cur.t] + (size_t)cur.s * osize;
-            const int64_t m = cur.m;
             if (direct) {
-                if (w->kind == KIND_F64) {
-                    const double *c = c64;
-                    direct_double(k, x, nx, c, m, out, accumulate);
-                } else {
-                    const float *c = c32;
-                    if (w->kind == KIND_BF16)
-                        direct_bf16(k, x, nx, c, m, out, accumulate);
-                    else
-                        direct_float(k, x, nx, c, m, out, accumulate);
-                }
+                if (w->kind == KIND_F64)
+                    direct_double(k, x, nx, c64, cur.m, out, accumulate);
+                else if (w->kind == KIND_BF16)
+                    direct_bf16(k, x, nx, c32, cur.m, out, accumulate);
+                else
+                    direct_float(k, x, nx, c32, cur.m, out, accumulate);
             } else if (w->kind == KIND_F64) {
                 combine_double(k, (const double *const *)x, (const double *const *)nx, c64,
                                cur.m, buf);
