@@ -23,6 +23,13 @@ inside them is subtracted from that step (``net_median_s``). The overhead is the
 and noisiest part of both steps, no longer enter the difference. The bfloat16 store's
 conversion runs after each pass, so it stays in the net figure.
 
+Both estimates are also computed paired: ``k_backward_step`` and ``ours-cagrad_clip-store``
+run next to each other in every round, so the median over the rounds of their per-round
+difference follows the load of that moment rather than comparing two medians that may come
+from different minutes. Each route's per-round times (``times_us``, and with the passes
+subtracted ``net_times_us``; whole microseconds, in round order) are kept in the JSON, so that
+``report_optimizer.py`` can form any paired figure afterwards.
+
 The peers' routes (``torchjd-cagrad``, ``torchjd-upgrad`` when TorchJD is installed, and
 ``research``) run in the same rounds, so that the "faster than" ratios also come from
 interleaved timing.
@@ -31,7 +38,6 @@ interleaved timing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -41,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report_optimizer import dump_json, paired_difference
 from round_robin import round_robin
 
 ROUTES = (
@@ -120,21 +127,24 @@ def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
         times = round_robin(calls, rounds, warmup=WARMUP)
     finally:
         timer.close()
-    return [
-        {
-            "model": model,
-            "k": k,
-            "p": s.p,
-            "route": name,
-            "median_s": statistics.median(ts),
-            # inside[name] also holds the warm-up calls, which round_robin does not time.
-            "net_median_s": statistics.median(
-                t - i for t, i in zip(ts, inside[name][WARMUP:], strict=True)
-            ),
-            "rounds": rounds,
-        }
-        for name, ts in times.items()
-    ]
+    rows = []
+    for name, ts in times.items():
+        # inside[name] also holds the warm-up calls, which round_robin does not time.
+        net = [t - i for t, i in zip(ts, inside[name][WARMUP:], strict=True)]
+        rows.append(
+            {
+                "model": model,
+                "k": k,
+                "p": s.p,
+                "route": name,
+                "median_s": statistics.median(ts),
+                "net_median_s": statistics.median(net),
+                "rounds": rounds,
+                "times_us": [round(t * 1e6) for t in ts],
+                "net_times_us": [round(t * 1e6) for t in net],
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,20 +163,26 @@ def main(argv: list[str] | None = None) -> int:
             rows += got
             t = {row["route"]: row["median_s"] for row in got}
             net = {row["route"]: row["net_median_s"] for row in got}
+            by = {row["route"]: row for row in got}
             backward = t["forward_backward"] - t["forward"]
             for name in ROUTES[3:]:
                 ratio = (t[name] - t["k_backward_step"]) / backward
                 net_ratio = (net[name] - net["k_backward_step"]) / backward
+                pair = [
+                    paired_difference(by[name][key], by["k_backward_step"][key]) / backward
+                    for key in ("times_us", "net_times_us")
+                ]
                 print(
                     f"{model:12s} K={k} {name:26s} overhead {ratio:+.3f} backward "
-                    f"(passes subtracted {net_ratio:+.3f})",
+                    f"(passes subtracted {net_ratio:+.3f}; paired {pair[0]:+.3f}, "
+                    f"{pair[1]:+.3f})",
                     flush=True,
                 )
             for name in PEERS:
                 if name in t:
                     ratio = t[name] / t["ours-cagrad_clip-store"]
                     print(f"{model:12s} K={k} {name:26s} {ratio:.2f}x ours", flush=True)
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    args.out.write_text(dump_json(rows))
     return 0
 
 

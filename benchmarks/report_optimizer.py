@@ -13,7 +13,9 @@ Targets:
   i.e. what the wrapper adds beyond its K backward passes, in units of one backward pass. From
   the pytest-benchmark medians, and, given ``--overhead FILE ...`` (``optimizer_overhead.py``,
   one file per run), also from the round-robin probe, whose interleaved timing is the one to
-  trust on a shared machine: the median over its runs, each run's figure kept beside it;
+  trust on a shared machine: the median over its runs, each run's figure kept beside it.
+  Where the probe kept its per-round times, also paired: the median over the rounds of
+  (``ours-*`` − ``k_backward_step``) within each round, over the same backward;
 * ``ours-cagrad_clip-store`` faster than ``torchjd-cagrad``, ``torchjd-upgrad`` and
   ``research``: from the pytest-benchmark medians and, given ``--overhead``, from the
   round-robin probe, which times the peers in the same rounds;
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -39,12 +42,11 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [{**b["extra_info"], "median_s": b["stats"]["median"]} for b in raw["benchmarks"]]
 
 
-def _t(
-    rows: list[dict[str, Any]], model: str, k: int, name: str, key: str = "median_s"
-) -> float | None:
+def _t(rows: list[dict[str, Any]], model: str, k: int, name: str, key: str = "median_s") -> Any:
+    """Field ``key`` of the row of ``route`` ``name`` at (model, K); None if there is none."""
     for r in rows:
         if r["model"] == model and r["k"] == k and r["route"] == name:
-            return r[key]
+            return r.get(key)
     return None
 
 
@@ -54,14 +56,33 @@ def _met(route: str, ratio: float) -> bool:
     return ratio > 1 if route in PEERS else ratio <= OVERHEAD_TARGET
 
 
+def dump_json(obj: Any) -> str:
+    """``json.dumps(obj, indent=1)`` with every list of integers (per-round times) on one
+    line."""
+    text = json.dumps(obj, indent=1)
+
+    def one_line(m: re.Match[str]) -> str:
+        return "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",")) + "]"
+
+    return re.sub(r"\[(?:\s*-?\d+,)*\s*-?\d+\s*\]", one_line, text) + "\n"
+
+
+def paired_difference(a_us: list[int], b_us: list[int]) -> float:
+    """Seconds: the median over the rounds of a − b, both timed in the same round."""
+    return statistics.median(x - y for x, y in zip(a_us, b_us, strict=True)) * 1e-6
+
+
 def overhead_targets(
-    rows: list[dict[str, Any]], label: str, net: bool = False
+    rows: list[dict[str, Any]], label: str, net: bool = False, paired: bool = False
 ) -> list[dict[str, Any]]:
     """The overhead target per model, K and wrapper route, from one set of step times.
 
     ``net``: the steps' times with their backward passes subtracted (``net_median_s`` of
-    ``optimizer_overhead.py``)."""
+    ``optimizer_overhead.py``). ``paired``: the difference is the median of the per-round
+    differences (``times_us`` / ``net_times_us``) instead of the difference of the medians;
+    the backward (``forward_backward`` − ``forward``) is a difference of medians either way."""
     key = "net_median_s" if net else "median_s"
+    series = "net_times_us" if net else "times_us"
     out = []
     for model, k in sorted({(r["model"], r["k"]) for r in rows}):
         fwd = _t(rows, model, k, "forward")
@@ -73,7 +94,14 @@ def overhead_targets(
             t = _t(rows, model, k, name, key)
             if not name.startswith("ours-") or t is None:
                 continue
-            ratio = (t - kb) / (fb - fwd)
+            if paired:
+                a = _t(rows, model, k, name, series)
+                b = _t(rows, model, k, "k_backward_step", series)
+                if a is None or b is None:
+                    continue
+                ratio = paired_difference(a, b) / (fb - fwd)
+            else:
+                ratio = (t - kb) / (fb - fwd)
             out.append(
                 {
                     "target": f"overhead beyond K backward passes / one backward <= 0.10 ({label})",
@@ -120,6 +148,11 @@ def probe_targets(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         got = overhead_targets(run, "round-robin probe")
         if all("net_median_s" in r for r in run):
             got += overhead_targets(run, "round-robin probe, passes subtracted", net=True)
+        if all("times_us" in r for r in run):
+            got += overhead_targets(run, "round-robin probe, paired", paired=True)
+            got += overhead_targets(
+                run, "round-robin probe, paired, passes subtracted", net=True, paired=True
+            )
         per_run.append(got + faster_targets(run, "round-robin probe"))
     merged: dict[tuple, dict[str, Any]] = {}
     for got in per_run:
@@ -240,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": memory,
         }
         args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps(summary, indent=1) + "\n")
+        args.save.write_text(dump_json(summary))
     return 0
 
 
