@@ -58,10 +58,13 @@ def _met(route: str, ratio: float) -> bool:
 
 def dump_json(obj: Any) -> str:
     """``json.dumps(obj, indent=1)`` with every list of integers (per-round times) on one
-    line."""
+    line. Only lists that the indentation spread over lines are joined: a JSON string holds no
+    raw newline, so text such as ``"[1,2]"`` inside a string is left as it is."""
     text = json.dumps(obj, indent=1)
 
     def one_line(m: re.Match[str]) -> str:
+        if "\n" not in m.group(0):
+            return m.group(0)
         return "[" + ", ".join(x.strip() for x in m.group(0)[1:-1].split(",")) + "]"
 
     return re.sub(r"\[(?:\s*-?\d+,)*\s*-?\d+\s*\]", one_line, text) + "\n"

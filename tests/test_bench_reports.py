@@ -1,0 +1,97 @@
+"""The benchmark reports' arithmetic: the paired overhead estimate and the JSON writer.
+
+The reports turn raw timings into the figures the docs quote, so their arithmetic is tested
+like the library's: on hand-made rows whose answers are known.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from report_optimizer import dump_json, overhead_targets, paired_difference, probe_targets
+
+
+def _rows(ours_us: list[int], kb_us: list[int]) -> list[dict]:
+    """Probe rows for one model and K: a backward of 1 ms, per-round times in µs."""
+
+    def row(route: str, times: list[int]) -> dict:
+        median = sorted(times)[len(times) // 2] * 1e-6
+        return {
+            "model": "mlp",
+            "k": 2,
+            "route": route,
+            "median_s": median,
+            "net_median_s": median,
+            "times_us": times,
+            "net_times_us": times,
+        }
+
+    return [
+        row("forward", [1000, 1000, 1000]),
+        row("forward_backward", [2000, 2000, 2000]),
+        row("k_backward_step", kb_us),
+        row("ours-cagrad_clip-store", ours_us),
+    ]
+
+
+def test_paired_difference_is_median_of_per_round_differences():
+    # Medians 20 and 10 differ by 10; every round's own difference is 1 or 30.
+    a, b = [11, 20, 31], [10, 10, 1]
+    assert paired_difference(a, b) == pytest.approx(10e-6)
+    a, b = [11, 20, 40], [10, 19, 10]
+    assert paired_difference(a, b) == pytest.approx(1e-6)  # differences 1, 1, 30
+    assert sorted(a)[1] - sorted(b)[1] == 10  # where the difference of medians says 10
+
+
+def test_paired_difference_rejects_unequal_rounds():
+    with pytest.raises(ValueError):
+        paired_difference([1, 2, 3], [1, 2])
+
+
+def test_overhead_targets_paired_and_unpaired_differ_as_computed_by_hand():
+    # One slow minute in round 2 hits both steps: the paired figure follows it.
+    rows = _rows(ours_us=[5050, 9050, 5100], kb_us=[5000, 9000, 4900])
+    plain = overhead_targets(rows, "probe")
+    paired = overhead_targets(rows, "probe, paired", paired=True)
+    assert [t["route"] for t in plain] == ["ours-cagrad_clip-store"]
+    # Medians 5100 and 5000 µs: 0.1 of a 1 ms backward, on the target.
+    assert plain[0]["ratio"] == pytest.approx(0.1) and plain[0]["met"]
+    # Per-round differences 50, 50, 200 µs: median 50 µs, 0.05 of a backward.
+    assert paired[0]["ratio"] == pytest.approx(0.05) and paired[0]["met"]
+    assert "paired" in paired[0]["target"]
+
+
+def test_probe_targets_median_over_runs_keeps_each_run():
+    runs = [
+        _rows([5050, 5050, 5050], [5000, 5000, 5000]),  # 0.05
+        _rows([5200, 5200, 5200], [5000, 5000, 5000]),  # 0.20
+        _rows([5080, 5080, 5080], [5000, 5000, 5000]),  # 0.08
+    ]
+    got = {t["target"].rsplit("(", 1)[1]: t for t in probe_targets(runs)}
+    paired = got["round-robin probe, paired)"]
+    assert paired["runs"] == pytest.approx([0.05, 0.2, 0.08])
+    assert paired["ratio"] == pytest.approx(0.08) and paired["met"]
+    # Without per-round times no paired figure is made.
+    for run in runs:
+        for r in run:
+            del r["times_us"], r["net_times_us"]
+    assert not any("paired" in t["target"] for t in probe_targets(runs))
+
+
+def test_dump_json_round_trips_and_puts_integer_lists_on_one_line():
+    obj = {
+        "times_us": [1, -2, 30000],
+        "floats": [0.5, 1.0],
+        "label": "kept as is: [1,2] and [3, 4]",
+        "nested": [{"net_times_us": [7, 8]}, []],
+    }
+    text = dump_json(obj)
+    assert json.loads(text) == obj
+    assert '"times_us": [1, -2, 30000]' in text
+    assert '"net_times_us": [7, 8]' in text
+    assert text.endswith("\n")
