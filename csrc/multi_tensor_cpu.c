@@ -406,13 +406,19 @@ DEFINE_COMBINE(bf16, uint16_t, float, vf32, L32, loadbf16, bf16f)
  * benchmark's MLP (K = 4, 0.6M values per objective, the output one of the rows, right after
  * the backward passes): 110-390 us after the Gram, where the buffered form took 170-560 us,
  * and 225-245 us against 320-385 us alone; in a loop over warm separate buffers both take about
- * 110 us. The sum is formed in the same order (row 0 first, then each other row added as in
- * combine_*) and added to out as store_* adds it. Every row of a vector is read before that
- * vector of out is written, so out may be one of the x[r] (an exact alias). */
+ * 110 us. With stream (out 16-byte aligned, not accumulating) each vector is written with
+ * non-temporal stores, as store_* writes a big output. On 10M values per row, in the VM's
+ * high-bandwidth phases, this reached 0.74, 0.86 and 0.92 of the read limit at K = 2, 4, 8,
+ * where the buffer with streaming reached 0.66 to 0.69 (its passes over the buffer, not
+ * memory, were then the bottleneck); in the low phases 1.06 to 1.20 against 0.95 to 1.08.
+ * The source adds in the same order as combine_* (row 0 first, then each other row) and adds
+ * to out as store_* does; since reassociation is allowed, the compiled forms may still differ
+ * in the last bit. Every row of a vector is read before that vector of out is written, so out
+ * may be one of the x[r] (an exact alias). */
 #define DEFINE_DIRECT(NAME, E, T, V, LN, LOAD, OLOAD, CVT, N)                                   \
     static inline __attribute__((always_inline)) void direct_##NAME##_##N(                     \
         const E *const *x, const E *const *nx, const T *c, int64_t m, T *out,                  \
-        int accumulate) {                                                                       \
+        int accumulate, int stream) {                                                           \
         V cv[N] = {(V){0}};                                                                     \
         for (int r = 0; r < N; r++) cv[r] += c[r];                                              \
         int64_t nv = m / LN, p0 = nv * LN;                                                      \
@@ -424,7 +430,10 @@ DEFINE_COMBINE(bf16, uint16_t, float, vf32, L32, loadbf16, bf16f)
                 acc += cv[r] * LOAD(x[r] + v * LN);                                             \
             }                                                                                   \
             if (accumulate) acc = OLOAD(out + v * LN) + acc;                                    \
-            memcpy(out + v * LN, &acc, sizeof acc);                                             \
+            if (stream)                                                                         \
+                stream_copy((float *)(out + v * LN), (const float *)&acc, sizeof acc / 4);      \
+            else                                                                                \
+                memcpy(out + v * LN, &acc, sizeof acc);                                         \
         }                                                                                       \
         for (int64_t p = p0; p < m; p++) {                                                      \
             T t = c[0] * CVT(x[0][p]);                                                          \
@@ -447,13 +456,13 @@ DEFINE_DIRECTS(bf16, uint16_t, float, vf32, L32, loadbf16, load32, bf16f)
 #define DIRECT_CASE(NAME, E, T, N)                                                              \
     case N:                                                                                     \
         direct_##NAME##_##N((const E *const *)x, (const E *const *)nx, c, m, (T *)out,         \
-                            accumulate);                                                        \
+                            accumulate, stream);                                                \
         break;
 /* direct_NAME(k, ...): direct_NAME_k for k in 1..DIRECT_MAX_K. */
 #define DEFINE_DIRECT_SWITCH(NAME, E, T)                                                        \
     static inline __attribute__((always_inline)) void direct_##NAME(                           \
         int k, const void **x, const void **nx, const T *c, int64_t m, void *out,              \
-        int accumulate) {                                                                       \
+        int accumulate, int stream) {                                                           \
         switch (k) {                                                                            \
             DIRECT_CASE(NAME, E, T, 1)                                                          \
             DIRECT_CASE(NAME, E, T, 2)                                                          \
@@ -511,20 +520,21 @@ CLONES static void combine_range(const job_t *job) {
     for (int r = 0; r < k; r++) c64[r] = w->coeffs[r], c32[r] = (float)w->coeffs[r];
     const size_t osize = kind_size[w->out_kind];
     const int stream = w->stream;
-    /* Direct (no buffer) for few rows, an output of the compute type and no streaming. */
-    const int direct = k <= DIRECT_MAX_K && !stream && w->out_kind != KIND_BF16;
+    /* Direct (no buffer) for few rows and an output of the compute type, streaming or not. */
+    const int direct = k <= DIRECT_MAX_K && w->out_kind != KIND_BF16;
     const int accumulate = w->accumulate;
     vf64 buf[COMBINE_CHUNK / L64 + 1]; /* values of the compute type (float32 or float64) */
     FOR_EACH_CHUNK(job, cur, x, nx, {
         if (w->outs[cur.t] != NULL) { /* NULL: a skipped piece (see py_combine) */
             char *out = (char *)w->outs[cur.t] + (size_t)cur.s * osize;
             if (direct) {
+                const int st = stream && ((uintptr_t)out & 15) == 0;
                 if (w->kind == KIND_F64)
-                    direct_double(k, x, nx, c64, cur.m, out, accumulate);
+                    direct_double(k, x, nx, c64, cur.m, out, accumulate, st);
                 else if (w->kind == KIND_BF16)
-                    direct_bf16(k, x, nx, c32, cur.m, out, accumulate);
+                    direct_bf16(k, x, nx, c32, cur.m, out, accumulate, st);
                 else
-                    direct_float(k, x, nx, c32, cur.m, out, accumulate);
+                    direct_float(k, x, nx, c32, cur.m, out, accumulate, st);
             } else if (w->kind == KIND_F64) {
                 combine_double(k, (const double *const *)x, (const double *const *)nx, c64,
                                cur.m, buf);

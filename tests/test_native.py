@@ -132,8 +132,8 @@ def _assert_combined(out: torch.Tensor, want: torch.Tensor, size: torch.Tensor, 
 def test_combine_lengths_threads_and_streaming(
     k: int, dtype: torch.dtype, out_dtype: torch.dtype, stream: bool
 ) -> None:
-    """Up to 8 rows without streaming, a float32 or float64 output is summed in registers
-    (direct_*); streaming, a bfloat16 output or more rows go through the L1 buffer."""
+    """Up to 8 rows, a float32 or float64 output is summed in registers (direct_*), streamed or
+    not; a bfloat16 output or more rows go through the L1 buffer."""
     rows, j = _pieces(k, LENGTHS, dtype, none_every=3)
     a = torch.linspace(-1.0, 2.0, k, dtype=torch.float64)
     if dtype != torch.float64:
@@ -216,18 +216,47 @@ def test_bfloat16_rounding_is_nearest_even_and_keeps_nan() -> None:
     assert bool(torch.equal(acc.float().isnan(), want.isnan()))
 
 
+@pytest.mark.parametrize("k", [2, 9])
 @pytest.mark.parametrize("offset", [0, 1, 2, 3])
-def test_combine_streams_into_misaligned_outputs(offset: int) -> None:
-    """Non-temporal stores need 16-byte alignment: a misaligned output takes the plain copy."""
-    rows, j = _pieces(2, (5000,), torch.float32)
+def test_combine_streams_into_misaligned_outputs(offset: int, k: int) -> None:
+    """Non-temporal stores need 16-byte alignment: a misaligned output takes the plain store,
+    in the direct (k = 2) and the buffered (k = 9) combination."""
+    rows, j = _pieces(k, (5000,), torch.float32)
     base = torch.full((5000 + offset,), math.nan)
     out = base[offset:]
-    native.combine(2, _ptrs(rows), [5000], 0, 2, [out.data_ptr()], 0, [0.5, -2.0], False, True)
-    want = torch.tensor([0.5, -2.0], dtype=torch.float64) @ j
-    _assert_combined(
-        out, want, torch.tensor([0.5, 2.0], dtype=torch.float64) @ j.abs(), torch.float32
-    )
+    a = torch.linspace(0.5, -2.0, k, dtype=torch.float32).double()
+    native.combine(k, _ptrs(rows), [5000], 0, 2, [out.data_ptr()], 0, a.tolist(), False, True)
+    _assert_combined(out, a @ j, a.abs() @ j.abs(), torch.float32)
     assert bool(base[:offset].isnan().all()), "wrote before the output"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+def test_streaming_changes_no_bit(k: int, dtype: torch.dtype) -> None:
+    """Non-temporal stores change how the output is written, not what: the same bits as the
+    plain stores, for the direct (k <= 8) and the buffered (k = 9) combination, over lengths
+    that end mid-vector and outputs aligned or not."""
+    rows, _ = _pieces(k, LENGTHS, dtype, none_every=4, seed=7)
+    a = torch.linspace(-1.5, 1.0, k, dtype=torch.float64).tolist()
+    got = {}
+    for stream in (False, True):
+        outs = [torch.full((n + 1,), math.nan, dtype=dtype)[t % 2 :] for t, n in enumerate(LENGTHS)]
+        outs = [o[:n] for o, n in zip(outs, LENGTHS, strict=True)]
+        native.combine(
+            k,
+            _ptrs(rows),
+            list(LENGTHS),
+            KIND[dtype],
+            2,
+            [o.data_ptr() for o in outs],
+            KIND[dtype],
+            a,
+            False,
+            stream,
+        )
+        got[stream] = torch.cat(outs)
+    assert not bool(got[True].isnan().any())
+    assert torch.equal(got[True], got[False])
 
 
 @pytest.mark.parametrize("stream", [False, True])
