@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import itertools
 import operator
 import os
 import sys
@@ -161,7 +162,7 @@ def _as_grads_fast(k: int, per_objective: list[tuple[Any, ...]]) -> Grads | None
     if len(devices) > 1 or not _FLOAT_DTYPE_SET.issuperset(dtypes):
         return None
     for seq in per_objective:
-        if not all(type(x) is torch.Tensor or isinstance(x, torch.Tensor) for x in seq):
+        if not all(map(isinstance, seq, itertools.repeat(torch.Tensor))):
             return None  # an object with tensor-like attributes
     device = devices.pop() if devices else torch.device("cpu")
     return Grads(

@@ -310,6 +310,13 @@ def test_inputs_are_not_modified_and_empty_inputs(backend: str) -> None:
     assert torch.equal(conflict_opt.gram(empty, backend=_b(backend)), torch.zeros(3, 3).double())
 
 
+class _TensorLike:
+    """Has a tensor's shape, dtype and device, and is not one."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.shape, self.dtype, self.device = t.shape, t.dtype, t.device
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -328,6 +335,11 @@ def test_inputs_are_not_modified_and_empty_inputs(backend: str) -> None:
             "torch.float32, `grads.1..0.` is torch.float64",
         ),
         (lambda: conflict_opt.gram([[torch.ones(2)], [[1.0, 2.0]]]), "got list"),
+        (
+            # Tensor-like attributes pass the list-at-a-time checks; the type check stops it.
+            lambda: conflict_opt.gram([[torch.ones(2)], [_TensorLike(torch.ones(2))]]),
+            "got _TensorLike",
+        ),
         (
             lambda: conflict_opt.gram([[torch.ones(2)], [torch.ones(2, device="meta")]]),
             r"one device, got \['cpu', 'meta'\]",
