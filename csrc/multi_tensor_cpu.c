@@ -22,7 +22,8 @@
  * within a chunk of at most GRAM_CHUNK values (at least 16 lanes per pair, so each lane sums at
  * most GRAM_CHUNK / 16 = 512 products), then each chunk sum is added in float64. float64 stays
  * float64 throughout. NaN and Inf propagate: the module is compiled with reassociation allowed
- * (so that reductions vectorise) but without -ffinite-math-only. A null row pointer stands for a gradient of zeros (NaN * 0 stays NaN).
+ * (so that reductions vectorise) but without -ffinite-math-only. A null row pointer stands for
+ * a gradient of zeros (NaN * 0 stays NaN).
  *
  * The GIL is released while the kernels run. Threads are an OpenMP team from torch's own pool
  * where the module is built with OpenMP, POSIX threads created per call otherwise (run_split);
@@ -232,7 +233,8 @@ DEFINE_TILES(bf16, uint16_t, float, vf32, L32, loadbf16, bf16f)
     case (MA) * 8 + (NB):                                                                       \
         tile_##T##_##MA##x##NB(a, b, m, part);                                                  \
         break;
-#define TILE_CASES_A(T, MA) TILE_CASE(T, MA, 1) TILE_CASE(T, MA, 2) TILE_CASE(T, MA, 3) TILE_CASE(T, MA, 4)
+#define TILE_CASES_A(T, MA)                                                                     \
+    TILE_CASE(T, MA, 1) TILE_CASE(T, MA, 2) TILE_CASE(T, MA, 3) TILE_CASE(T, MA, 4)
 
 #define SYM_CASE(T, N)                                                                          \
     case N:                                                                                     \
@@ -357,7 +359,8 @@ CLONES static void gram_range(const job_t *job) {
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define HAVE_STREAM 1
-static inline __attribute__((always_inline)) void stream_copy(float *dst, const float *src, int64_t n) {
+static inline __attribute__((always_inline)) void stream_copy(float *dst, const float *src,
+                                                              int64_t n) {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
     for (; i < n; i++) dst[i] = src[i];
@@ -635,7 +638,8 @@ static void run_split(range_fn fn, const work_t *w, int64_t total, int nthreads,
 #endif
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS];
-    for (int i = 1; i < nthreads; i++) started[i] = pthread_create(&tids[i], NULL, worker, &pool) == 0;
+    for (int i = 1; i < nthreads; i++)
+        started[i] = pthread_create(&tids[i], NULL, worker, &pool) == 0;
     worker(&pool);
     for (int i = 1; i < nthreads; i++)
         if (started[i]) pthread_join(tids[i], NULL);
