@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report_optimizer import dump_json, paired_difference
+from report_optimizer import dump_json, faster_targets, overhead_targets
 from round_robin import round_robin
 
 ROUTES = (
@@ -149,7 +149,7 @@ def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from optimizer_cases import KS, MODELS, PEERS
+    from optimizer_cases import KS, MODELS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -161,27 +161,21 @@ def main(argv: list[str] | None = None) -> int:
         for k in KS:
             got = measure(model, k, args.rounds)
             rows += got
-            t = {row["route"]: row["median_s"] for row in got}
-            net = {row["route"]: row["net_median_s"] for row in got}
-            by = {row["route"]: row for row in got}
-            backward = t["forward_backward"] - t["forward"]
-            for name in ROUTES[3:]:
-                ratio = (t[name] - t["k_backward_step"]) / backward
-                net_ratio = (net[name] - net["k_backward_step"]) / backward
-                pair = [
-                    paired_difference(by[name][key], by["k_backward_step"][key]) / backward
-                    for key in ("times_us", "net_times_us")
-                ]
+            # The report's own arithmetic, one list per estimate, routes in the same order.
+            estimates = [
+                overhead_targets(got, "probe", net=net, paired=paired)
+                for net, paired in ((False, False), (True, False), (False, True), (True, True))
+            ]
+            for plain, net, pair, pair_net in zip(*estimates, strict=True):
                 print(
-                    f"{model:12s} K={k} {name:26s} overhead {ratio:+.3f} backward "
-                    f"(passes subtracted {net_ratio:+.3f}; paired {pair[0]:+.3f}, "
-                    f"{pair[1]:+.3f})",
+                    f"{model:12s} K={k} {plain['route']:26s} overhead {plain['ratio']:+.3f} "
+                    f"backward (passes subtracted {net['ratio']:+.3f}; paired "
+                    f"{pair['ratio']:+.3f}, {pair_net['ratio']:+.3f})",
                     flush=True,
                 )
-            for name in PEERS:
-                if name in t:
-                    ratio = t[name] / t["ours-cagrad_clip-store"]
-                    print(f"{model:12s} K={k} {name:26s} {ratio:.2f}x ours", flush=True)
+            for peer in faster_targets(got, "probe"):
+                line = f"{model:12s} K={k} {peer['route']:26s} {peer['ratio']:.2f}x ours"
+                print(line, flush=True)
     args.out.write_text(dump_json(rows))
     return 0
 
