@@ -33,12 +33,28 @@ subtracted ``net_times_us``; whole microseconds, in round order) are kept in the
 The peers' routes (``torchjd-cagrad``, ``torchjd-upgrad`` when TorchJD is installed, and
 ``research``) run in the same rounds, so that the "faster than" ratios also come from
 interleaved timing.
+
+Page faults. glibc's ``free`` gives the top of the heap back to the kernel once more than
+``M_TRIM_THRESHOLD`` bytes lie free there, and serves large blocks by ``mmap``; a step that
+then allocates that memory again takes a minor page fault per 4 KiB page (about 1.4 µs each on
+the benchmark VM, in the step's time). How many a route takes depends on the heap that the
+routes before it left more than on its own work: run alone, the wrapper's store route on the
+MLP at K = 4 took 3 faults per step called as ``opt.step(losses)`` and 2,400 called as
+``opt.backward(losses); opt.step()``. Each row keeps the faults of every round
+(``minor_faults``, from ``getrusage``). ``--malloc no-trim`` sets glibc's trim threshold to
+1 GiB and its mmap threshold to 32 MiB (``mallopt``) before anything is allocated, so that
+freed memory stays mapped and no route pays faults that another escapes; the report gives the
+targets of such runs under their own label. It measures the work of each route without the
+allocator's share, which the default runs include as a user's process would.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
+import platform
+import resource
 import statistics
 import sys
 import time
@@ -106,18 +122,49 @@ class PassTimer:
         torch.autograd.grad, torch.autograd.backward = self._grad, self._backward
 
 
-def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
+# glibc's malloc.h: mallopt parameters, and the largest mmap threshold it accepts on 64-bit.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20
+ALLOCATORS = ("default", "no-trim")
+
+
+def set_allocator(allocator: str) -> None:
+    """``no-trim``: keep freed heap memory mapped (glibc's ``mallopt``), see the module text.
+    Raises where that cannot be done, rather than run a probe that is not what it says."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}")
+    if allocator == "default":
+        return
+    libc_name, _ = platform.libc_ver()
+    if libc_name != "glibc":
+        raise RuntimeError(
+            f"--malloc no-trim needs glibc's mallopt; this C library is {libc_name!r}"
+        )
+    libc = ctypes.CDLL("libc.so.6")
+    for param, value in ((M_TRIM_THRESHOLD, 1 << 30), (M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)):
+        if libc.mallopt(param, value) != 1:
+            raise RuntimeError(f"mallopt({param}, {value}) failed")
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def measure(model: str, k: int, rounds: int, allocator: str = "default") -> list[dict[str, object]]:
     from optimizer_cases import route, setup
 
     s = setup(model, k)
     timer = PassTimer()
     names = routes()
     inside: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[int]] = {name: [] for name in names}
 
     def with_passes(name: str, step: Callable[[], None]) -> Callable[[], None]:
         def call() -> None:
             timer.take()
+            before = _minor_faults()
             step()
+            faults[name].append(_minor_faults() - before)
             inside[name].append(timer.take())
 
         return call
@@ -142,6 +189,8 @@ def measure(model: str, k: int, rounds: int) -> list[dict[str, object]]:
                 "rounds": rounds,
                 "times_us": [round(t * 1e6) for t in ts],
                 "net_times_us": [round(t * 1e6) for t in net],
+                "allocator": allocator,
+                "minor_faults": faults[name][WARMUP:],
             }
         )
     return rows
@@ -154,12 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument(
+        "--malloc",
+        choices=ALLOCATORS,
+        default="default",
+        help="no-trim: keep freed heap memory mapped (glibc), so that no route pays page "
+        "faults for memory another route gave back",
+    )
     args = parser.parse_args(argv)
+    set_allocator(args.malloc)  # before the models allocate anything
     torch.set_num_threads(int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", "2")))
     rows: list[dict[str, object]] = []
     for model in MODELS:
         for k in KS:
-            got = measure(model, k, args.rounds)
+            got = measure(model, k, args.rounds, args.malloc)
             rows += got
             # The report's own arithmetic, one list per estimate, routes in the same order.
             estimates = [
@@ -171,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{model:12s} K={k} {plain['route']:26s} overhead {plain['ratio']:+.3f} "
                     f"backward (passes subtracted {net['ratio']:+.3f}; paired "
                     f"{pair['ratio']:+.3f}, {pair_net['ratio']:+.3f})",
+                    flush=True,
+                )
+            for r in got:
+                print(
+                    f"{model:12s} K={k} {r['route']:26s} minor faults per step, median "
+                    f"{statistics.median(r['minor_faults']):.0f}",
                     flush=True,
                 )
             for peer in faster_targets(got, "probe"):

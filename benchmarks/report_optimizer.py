@@ -15,7 +15,9 @@ Targets:
   one file per run), also from the round-robin probe, whose interleaved timing is the one to
   trust on a shared machine: the median over its runs, each run's figure kept beside it.
   Where the probe kept its per-round times, also paired: the median over the rounds of
-  (``ours-*`` − ``k_backward_step``) within each round, over the same backward;
+  (``ours-*`` − ``k_backward_step``) within each round, over the same backward. Probe runs
+  made with ``--malloc no-trim`` give their targets under their own label ("heap not
+  trimmed"), and the page faults per step of every route are tabled per allocator setting;
 * ``ours-cagrad_clip-store`` faster than ``torchjd-cagrad``, ``torchjd-upgrad`` and
   ``research``: from the pytest-benchmark medians and, given ``--overhead``, from the
   round-robin probe, which times the peers in the same rounds;
@@ -141,6 +143,41 @@ def faster_targets(rows: list[dict[str, Any]], label: str) -> list[dict[str, Any
     return out
 
 
+def _allocator(run: list[dict[str, Any]]) -> str:
+    """The probe run's ``--malloc`` setting (runs from before the option: ``default``)."""
+    found = {r.get("allocator", "default") for r in run}
+    if len(found) != 1:
+        raise ValueError(f"one probe run with rows of several allocator settings: {sorted(found)}")
+    return found.pop()
+
+
+def _allocator_label(run: list[dict[str, Any]]) -> str:
+    return {"default": "", "no-trim": ", heap not trimmed"}[_allocator(run)]
+
+
+def fault_table(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Minor page faults per step, per allocator setting, model, K and route: the median over
+    the runs of each run's median over its rounds (``runs``: each run's, in order). Runs
+    without per-round fault counts are left out."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for run in runs:
+        allocator = _allocator(run)
+        for r in run:
+            if "minor_faults" not in r:
+                continue
+            key = (allocator, r["model"], r["k"], r["route"])
+            row = merged.setdefault(
+                key,
+                {"allocator": allocator, "model": r["model"], "k": r["k"], "route": r["route"]},
+            )
+            row.setdefault("runs", []).append(statistics.median(r["minor_faults"]))
+    out = []
+    for row in merged.values():
+        row["median_faults_per_step"] = statistics.median(row["runs"])
+        out.append(row)
+    return out
+
+
 def probe_targets(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The targets from one or more runs of the round-robin probe: per target, model, K and
     route, the median of the runs' ratios (``runs``: each run's, in order), met or not by
@@ -148,15 +185,16 @@ def probe_targets(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     one run to the next; the runs show how much."""
     per_run = []
     for run in runs:
-        got = overhead_targets(run, "round-robin probe")
+        probe = "round-robin probe" + _allocator_label(run)
+        got = overhead_targets(run, probe)
         if all("net_median_s" in r for r in run):
-            got += overhead_targets(run, "round-robin probe, passes subtracted", net=True)
+            got += overhead_targets(run, f"{probe}, passes subtracted", net=True)
         if all("times_us" in r for r in run):
-            got += overhead_targets(run, "round-robin probe, paired", paired=True)
+            got += overhead_targets(run, f"{probe}, paired", paired=True)
             got += overhead_targets(
-                run, "round-robin probe, paired, passes subtracted", net=True, paired=True
+                run, f"{probe}, paired, passes subtracted", net=True, paired=True
             )
-        per_run.append(got + faster_targets(run, "round-robin probe"))
+        per_run.append(got + faster_targets(run, probe))
     merged: dict[tuple, dict[str, Any]] = {}
     for got in per_run:
         for g in got:
@@ -252,8 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     memory = json.loads(args.memory.read_text()) if args.memory else []
     overhead = [json.loads(path.read_text()) for path in args.overhead]
     goals = targets(rows, memory, overhead)
+    faults = fault_table(overhead)
     print(step_table(rows))
     print()
+    if faults:
+        print("| allocator | model | K | route | minor faults per step (median) | runs |")
+        print("|---|---|---|---|---|---|")
+        for f in faults:
+            runs = ", ".join(f"{x:g}" for x in f["runs"])
+            print(
+                f"| {f['allocator']} | {f['model']} | {f['k']} | {f['route']} | "
+                f"{f['median_faults_per_step']:g} | {runs} |"
+            )
+        print()
     if memory:
         print(memory_table(memory))
         print()
@@ -273,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": goals,
             "steps": rows,
             "overhead_probe_runs": overhead,
+            "minor_faults": faults,
             "memory": memory,
         }
         args.save.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The benchmark reports' arithmetic: the paired overhead estimate and the JSON writer.
+"""The benchmark reports' arithmetic: the paired overhead estimate, the allocator labels and
+page-fault table, and the JSON writer.
 
 The reports turn raw timings into the figures the docs quote, so their arithmetic is tested
 like the library's: on hand-made rows whose answers are known.
@@ -13,7 +14,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from report_optimizer import dump_json, overhead_targets, paired_difference, probe_targets
+from report_optimizer import (
+    dump_json,
+    fault_table,
+    overhead_targets,
+    paired_difference,
+    probe_targets,
+)
 
 
 def _rows(ours_us: list[int], kb_us: list[int]) -> list[dict]:
@@ -81,6 +88,54 @@ def test_probe_targets_median_over_runs_keeps_each_run():
         for r in run:
             del r["times_us"], r["net_times_us"]
     assert not any("paired" in t["target"] for t in probe_targets(runs))
+
+
+def _with_allocator(rows: list[dict], allocator: str, faults: list[int]) -> list[dict]:
+    return [{**r, "allocator": allocator, "minor_faults": faults} for r in rows]
+
+
+def test_probe_targets_keep_allocator_settings_apart():
+    default = _with_allocator(_rows([5050] * 3, [5000] * 3), "default", [0, 0, 0])  # 0.05
+    no_trim = _with_allocator(_rows([5300] * 3, [5000] * 3), "no-trim", [0, 0, 0])  # 0.30
+    got = probe_targets([default, no_trim])
+    plain = [t for t in got if t["target"].endswith("(round-robin probe)")]
+    untrimmed = [t for t in got if t["target"].endswith("(round-robin probe, heap not trimmed)")]
+    assert [t["runs"] for t in plain] == [pytest.approx([0.05])]
+    assert [t["runs"] for t in untrimmed] == [pytest.approx([0.3])]
+    assert not untrimmed[0]["met"] and plain[0]["met"]
+    # Rows from before the option count as the default setting.
+    old = _rows([5050] * 3, [5000] * 3)
+    assert {t["target"] for t in probe_targets([old])} == {
+        t["target"] for t in probe_targets([default])
+    }
+    mixed = default[:2] + no_trim[2:]
+    with pytest.raises(ValueError, match="several allocator settings"):
+        probe_targets([mixed])
+
+
+def test_fault_table_is_median_over_runs_of_median_over_rounds():
+    runs = [
+        _with_allocator(_rows([1] * 3, [1] * 3), "default", faults)
+        for faults in ([0, 900, 1000], [5, 5, 4000], [2000, 3000, 2500])
+    ]
+    runs.append(_with_allocator(_rows([1] * 3, [1] * 3), "no-trim", [1, 0, 0]))
+    table = {(f["allocator"], f["route"]): f for f in fault_table(runs)}
+    row = table[("default", "k_backward_step")]
+    assert row["runs"] == [900, 5, 2500]  # per-run medians
+    assert row["median_faults_per_step"] == 900
+    assert table[("no-trim", "k_backward_step")]["median_faults_per_step"] == 0
+    assert len(table) == 2 * 4  # two settings, four routes each
+    for r in runs[0]:
+        del r["minor_faults"]
+    assert fault_table(runs)[0]["runs"] == [5, 2500]  # the run without counts is left out
+
+
+def test_probe_refuses_an_unknown_allocator_setting():
+    from optimizer_overhead import set_allocator
+
+    with pytest.raises(ValueError, match="'tcmalloc'"):
+        set_allocator("tcmalloc")
+    set_allocator("default")  # changes nothing
 
 
 def test_dump_json_round_trips_and_puts_integer_lists_on_one_line():
