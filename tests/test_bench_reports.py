@@ -113,21 +113,26 @@ def test_probe_targets_keep_allocator_settings_apart():
         probe_targets([mixed])
 
 
-def test_fault_table_is_median_over_runs_of_median_over_rounds():
+def test_fault_table_pools_the_steps_of_all_runs():
     runs = [
         _with_allocator(_rows([1] * 3, [1] * 3), "default", faults)
-        for faults in ([0, 900, 1000], [5, 5, 4000], [2000, 3000, 2500])
+        for faults in ([0, 900, 0], [0, 0, 0], [3000, 0, 0])
     ]
     runs.append(_with_allocator(_rows([1] * 3, [1] * 3), "no-trim", [1, 0, 0]))
     table = {(f["allocator"], f["route"]): f for f in fault_table(runs)}
-    row = table[("default", "k_backward_step")]
-    assert row["runs"] == [900, 5, 2500]  # per-run medians
-    assert row["median_faults_per_step"] == 900
-    assert table[("no-trim", "k_backward_step")]["median_faults_per_step"] == 0
     assert len(table) == 2 * 4  # two settings, four routes each
-    for r in runs[0]:
-        del r["minor_faults"]
-    assert fault_table(runs)[0]["runs"] == [5, 2500]  # the run without counts is left out
+    row = table[("default", "k_backward_step")]
+    assert row["steps"] == 9
+    assert row["mean_per_step"] == pytest.approx(3900 / 9, abs=0.05)
+    assert row["share_of_steps_with_faults"] == pytest.approx(2 / 9, abs=5e-4)
+    assert row["max_in_one_step"] == 3000
+    untrimmed = table[("no-trim", "k_backward_step")]
+    assert (untrimmed["steps"], untrimmed["max_in_one_step"]) == (3, 1)
+    for r in runs[2]:
+        del r["minor_faults"]  # a run without counts is left out
+    assert {(f["allocator"], f["route"]): f for f in fault_table(runs)}[("default", "forward")][
+        "max_in_one_step"
+    ] == 900
 
 
 def test_probe_refuses_an_unknown_allocator_setting():
