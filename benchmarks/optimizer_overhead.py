@@ -8,13 +8,14 @@ round runs each route once, in alternating order, on the same model and batch
 (``optimizer_cases``), so that disturbances hit all routes alike; the medians over the rounds
 then give the difference. Run::
 
-    for run in 1 2 3; do
+    for run in 1 2 3 4 5 6; do
         python benchmarks/optimizer_overhead.py --out /tmp/opt_overhead_$run.json
+        python benchmarks/optimizer_overhead.py --malloc no-trim --out /tmp/opt_no_trim_$run.json
     done
 
 and pass the files to ``report_optimizer.py --overhead``: from one run to the next the
 figures move by about ±0.1 of a backward on the benchmark VM, and the report takes the median
-over the runs.
+over the runs of each ``--malloc`` setting (below).
 
 A second estimate takes the backward passes out of both terms. Every call of
 ``torch.autograd.grad`` and ``torch.autograd.backward`` is timed, and each step's time spent

@@ -14,11 +14,13 @@ Run::
 
     python -m pytest benchmarks/test_bench_optimizer.py --benchmark-json=/tmp/opt.json -q
     python benchmarks/optimizer_memory.py --out /tmp/opt_memory.json
-    for run in 1 2 3; do
+    for run in 1 2 3 4 5 6; do
         python benchmarks/optimizer_overhead.py --out /tmp/opt_overhead_$run.json
+        python benchmarks/optimizer_overhead.py --malloc no-trim --out /tmp/opt_no_trim_$run.json
     done
     python benchmarks/report_optimizer.py /tmp/opt.json /tmp/opt_memory.json \\
-        --overhead /tmp/opt_overhead_[123].json --save benchmarks/results/optimizer_cpu.json
+        --overhead /tmp/opt_overhead_?.json /tmp/opt_no_trim_?.json \\
+        --save benchmarks/results/optimizer_cpu.json
 
 ``CONFLICT_OPT_BENCH_OPTIMIZER_THREADS`` (default: every core) sets torch's threads here.
 """
