@@ -4,10 +4,11 @@ Usage::
 
     python benchmarks/report.py /tmp/bench.json [--out benchmarks/results/solvers_cpu.json]
 
-Writes the compact JSON (machine, per-benchmark median / mean µs and ``extra_info``, the
-"TorchJD ÷ ours" speed ratios against their targets, the batched per-problem numbers) and
-prints markdown tables for the docs: K rows × provider columns of median µs, the ratios, the
-batched numbers and the accuracy of every provider against the exact backend.
+Prints markdown tables for the docs: K rows × provider columns of median µs, the "TorchJD ÷
+ours" speed ratios against their targets, the batched per-problem numbers and the accuracy of
+every provider against the exact backend. With ``--out``, also writes them as compact JSON
+(machine, per-benchmark median / mean µs and ``extra_info``, ratios, batched numbers); without
+it nothing is written, so a trial run cannot overwrite the committed results.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ PEERS = {  # column label → (provider, backend, method it solves)
     "TorchJD MGDA": ("torchjd", "MGDAWeighting", "mgda"),
     "SLSQP (official CAGrad)": ("slsqp", "scipy-SLSQP", "cagrad"),
 }
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "solvers_cpu.json"
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -372,7 +372,12 @@ def non_optimal(ix: Index) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench_json", type=Path, help="output of pytest --benchmark-json")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="compact JSON to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="compact JSON to write, e.g. benchmarks/results/solvers_cpu.json (the committed "
+        "results); without it only the tables are printed",
+    )
     args = parser.parse_args(argv)
 
     raw = json.loads(args.bench_json.read_text())
@@ -404,8 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         "not_all_optimal": non_optimal(ix),
         "benchmarks": entries,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(dump(_rounded(summary)))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(dump(_rounded(summary)))
 
     m = summary["machine"]
     print(
@@ -418,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     print(accuracy_table(ix), end="\n\n")
     bad = summary["not_all_optimal"]
     print("Statuses: all OPTIMAL." if not bad else "Not all OPTIMAL:\n- " + "\n- ".join(bad))
-    print(f"\nWrote {args.out}")
+    if args.out is not None:
+        print(f"\nWrote {args.out}")
     return 0
 
 

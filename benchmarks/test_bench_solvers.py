@@ -18,7 +18,7 @@ Every benchmark stores its accuracy against ``backend="exact"`` on the same prob
 
     python -m pytest benchmarks/test_bench_solvers.py --benchmark-min-rounds=30 \\
         --benchmark-max-time=1.0 --benchmark-json=/tmp/bench.json -q
-    python benchmarks/report.py /tmp/bench.json
+    python benchmarks/report.py /tmp/bench.json --out benchmarks/results/solvers_cpu.json
 """
 
 from __future__ import annotations
