@@ -123,7 +123,8 @@ class PassTimer:
         torch.autograd.grad, torch.autograd.backward = self._grad, self._backward
 
 
-# glibc's malloc.h: mallopt parameters, and the largest mmap threshold it accepts on 64-bit.
+# glibc's malloc.h: mallopt parameters, and the largest mmap threshold its manual documents on
+# 64-bit (DEFAULT_MMAP_THRESHOLD_MAX).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 32 << 20
 ALLOCATORS = ("default", "no-trim")
@@ -232,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             for r in got:
+                faults = r["minor_faults"]
                 print(
-                    f"{model:12s} K={k} {r['route']:26s} minor faults per step, median "
-                    f"{statistics.median(r['minor_faults']):.0f}",
+                    f"{model:12s} K={k} {r['route']:26s} minor faults per step, mean "
+                    f"{statistics.mean(faults):.0f}, in {sum(f > 0 for f in faults)} of "
+                    f"{len(faults)} steps",
                     flush=True,
                 )
             for peer in faster_targets(got, "probe"):
