@@ -40,6 +40,18 @@ from torch import nn
 import conflict_opt
 
 KS = (2, 3, 4)
+THREADS_ENV = "CONFLICT_OPT_BENCH_OPTIMIZER_THREADS"
+
+
+def threads() -> int:
+    """torch threads for every optimizer benchmark (pytest-benchmark, memory and overhead
+    probes alike, so that their figures compare): ``$CONFLICT_OPT_BENCH_OPTIMIZER_THREADS``,
+    default every core."""
+    import os
+
+    return int(os.environ.get(THREADS_ENV, str(os.cpu_count() or 1)))
+
+
 MODELS = ("mlp", "transformer")
 C = 0.4
 OURS = (

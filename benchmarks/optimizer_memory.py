@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,9 +31,9 @@ ROUTES = (
 
 def one(model: str, k: int, name: str) -> dict[str, object]:
     import torch
-    from optimizer_cases import route, setup
+    from optimizer_cases import route, setup, threads
 
-    torch.set_num_threads(int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", "2")))
+    torch.set_num_threads(threads())
     s = setup(model, k)
     call = route(name, s)
     before = peak_rss_bytes()

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
 import platform
 import resource
 import statistics
@@ -200,7 +199,7 @@ def measure(model: str, k: int, rounds: int, allocator: str = "default") -> list
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from optimizer_cases import KS, MODELS
+    from optimizer_cases import KS, MODELS, threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     set_allocator(args.malloc)  # before the models allocate anything
-    torch.set_num_threads(int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", "2")))
+    torch.set_num_threads(threads())
     rows: list[dict[str, object]] = []
     for model in MODELS:
         for k in KS:

@@ -22,20 +22,20 @@ Run::
         --overhead /tmp/opt_overhead_?.json /tmp/opt_no_trim_?.json \\
         --save benchmarks/results/optimizer_cpu.json
 
-``CONFLICT_OPT_BENCH_OPTIMIZER_THREADS`` (default: every core) sets torch's threads here.
+``CONFLICT_OPT_BENCH_OPTIMIZER_THREADS`` (default: every core) sets torch's threads here and
+in the two probes.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import torch_threads
-from optimizer_cases import KS, MODELS, ROUTES, route, setup
+from optimizer_cases import KS, MODELS, ROUTES, route, setup, threads
 
-THREADS = int(os.environ.get("CONFLICT_OPT_BENCH_OPTIMIZER_THREADS", str(os.cpu_count() or 1)))
+THREADS = threads()
 
 
 @pytest.fixture(autouse=True)
