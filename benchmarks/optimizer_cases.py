@@ -30,6 +30,7 @@ A *route* is one complete training step (zero_grad, forward, backward(s), optimi
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,8 +48,6 @@ def threads() -> int:
     """torch threads for every optimizer benchmark (pytest-benchmark, memory and overhead
     probes alike, so that their figures compare): ``$CONFLICT_OPT_BENCH_OPTIMIZER_THREADS``,
     default every core."""
-    import os
-
     return int(os.environ.get(THREADS_ENV, str(os.cpu_count() or 1)))
 
 

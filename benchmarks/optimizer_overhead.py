@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report_optimizer import dump_json, faster_targets, overhead_targets
+from report_optimizer import dump_json, faster_targets, fault_table, overhead_targets
 from round_robin import round_robin
 
 ROUTES = (
@@ -231,12 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{pair['ratio']:+.3f}, {pair_net['ratio']:+.3f})",
                     flush=True,
                 )
-            for r in got:
-                faults = r["minor_faults"]
+            for f in fault_table([got]):
                 print(
-                    f"{model:12s} K={k} {r['route']:26s} minor faults per step, mean "
-                    f"{statistics.mean(faults):.0f}, in {sum(f > 0 for f in faults)} of "
-                    f"{len(faults)} steps",
+                    f"{model:12s} K={k} {f['route']:26s} minor faults per step, mean "
+                    f"{f['mean_per_step']:.0f}, in {f['share_of_steps_with_faults']:.0%} of "
+                    f"{f['steps']} steps (most {f['max_in_one_step']})",
                     flush=True,
                 )
             for peer in faster_targets(got, "probe"):
