@@ -19,7 +19,12 @@ A *route* is one complete training step (zero_grad, forward, backward(s), optimi
   minus this.
 * ``plain``: forward, ``(Σ w_k L_k).backward()``, step: ordinary scalarised training.
 * ``ours-<method>-<mode>``: ``MultiObjectiveOptimizer`` (mode ``store``, ``bf16`` = store in
-  bfloat16, or ``gram_first``).
+  bfloat16, or ``gram_first``), default backends.
+* ``ours-<method>-<mode>-<backend>`` (``BACKEND_ROUTES``): the same with one backend chosen:
+  ``iterative`` or ``exact`` for the solve (``backend=``; the default ``auto`` is the closed form
+  for K ≤ 3 and ``iterative`` beyond), ``reference`` for the Gram and the combination
+  (``primitive_backend=``; the default on CPU is ``torch``). ``triton`` is not timed on CPU,
+  where it runs only in Triton's interpreter.
 * ``torchjd-cagrad`` / ``torchjd-upgrad``: TorchJD 0.18's ``autojac.backward`` then
   ``jac_to_grad`` with ``CAGrad(c=0.4)`` / ``UPGrad()``.
 * ``research``: the common research-code route: K gradients concatenated into a K×P matrix,
@@ -61,6 +66,14 @@ OURS = (
     ("linear", "store"),
 )
 PEERS = ("torchjd-cagrad", "torchjd-upgrad", "research")
+# The default route with one backend changed; timed by the probe's --routes backends.
+BACKEND_ROUTES = (
+    "ours-cagrad_clip-store-iterative",
+    "ours-cagrad_clip-store-exact",
+    "ours-cagrad_clip-store-reference",
+)
+SOLVER_BACKENDS = ("iterative", "exact")
+PRIMITIVE_BACKENDS = ("reference",)
 ROUTES = (
     "forward",
     "forward_backward",
@@ -179,12 +192,17 @@ def route(name: str, s: Setup, lr: float = 1e-3) -> Callable[[], None]:
 
         return k_backward_step
     if name.startswith("ours-"):
-        _, method, mode = name.split("-")
+        _, method, mode, *rest = name.split("-")
+        backend = rest[0] if rest else None
+        if backend not in (None, *SOLVER_BACKENDS, *PRIMITIVE_BACKENDS):
+            raise ValueError(f"unknown backend {backend!r} in route {name!r}")
         opt = conflict_opt.MultiObjectiveOptimizer(
             inner,
             w,
             method=method,
             c=C,
+            backend=backend if backend in SOLVER_BACKENDS else "auto",
+            primitive_backend=backend if backend in PRIMITIVE_BACKENDS else "auto",
             mode="gram_first" if mode == "gram_first" else "store",
             store_dtype=torch.bfloat16 if mode == "bf16" else None,
         )

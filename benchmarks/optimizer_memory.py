@@ -7,6 +7,10 @@ fixes glibc's mmap threshold so that freed memory leaves the resident set). The 
 compare routes to ``plain`` in units of one K×P float32 store (K·P·4 bytes). CPU only. Run::
 
     python benchmarks/optimizer_memory.py --out /tmp/opt_memory.json
+    python benchmarks/optimizer_memory.py --routes backends --out /tmp/opt_memory_backends.json
+
+``--routes backends`` measures ``plain``, the default route and the default route with one
+backend changed (``optimizer_cases.BACKEND_ROUTES``) instead.
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ ROUTES = (
     "torchjd-cagrad",
     "research",
 )
+SETS = ("default", "backends")
+
+
+def routes(which: str) -> tuple[str, ...]:
+    from optimizer_cases import BACKEND_ROUTES
+
+    if which not in SETS:
+        raise ValueError(f"routes must be one of {SETS}, got {which!r}")
+    return ROUTES if which == "default" else ("plain", "ours-cagrad_clip-store", *BACKEND_ROUTES)
 
 
 def one(model: str, k: int, name: str) -> dict[str, object]:
@@ -46,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", nargs=3, metavar=("MODEL", "K", "ROUTE"))
+    parser.add_argument("--routes", choices=SETS, default="default")
     args = parser.parse_args(argv)
     if args.one:
         model, k, name = args.one
@@ -55,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in ("mlp", "transformer", "mlp_wide"):
         for k in (2, 4):
             plain = None
-            for name in ROUTES:
+            for name in routes(args.routes):
                 row = run_child(__file__, model, k, name)
                 store = 4 * k * row["p"]
                 if name == "plain":

@@ -35,6 +35,15 @@ The peers' routes (``torchjd-cagrad``, ``torchjd-upgrad`` when TorchJD is instal
 ``research``) run in the same rounds, so that the "faster than" ratios also come from
 interleaved timing.
 
+``--routes backends`` times, instead of the routes above, the default route beside the same
+route with one backend changed (``optimizer_cases.BACKEND_ROUTES``: the ``iterative`` and
+``exact`` solves, the ``reference`` primitives), with ``forward``, ``forward_backward`` and
+``k_backward_step``; ``report_backends.py`` tables those runs::
+
+    for run in 1 2 3; do
+        python benchmarks/optimizer_overhead.py --routes backends --out /tmp/opt_backends_$run.json
+    done
+
 Page faults. glibc's ``free`` gives the top of the heap back to the kernel once more than
 ``M_TRIM_THRESHOLD`` bytes lie free there, and serves large blocks by ``mmap``; a step that
 then allocates that memory again takes a minor page fault per 4 KiB page (about 1.4 µs each on
@@ -63,7 +72,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report_optimizer import dump_json, faster_targets, fault_table, overhead_targets
+from report_optimizer import (
+    backend_table,
+    dump_json,
+    faster_targets,
+    fault_table,
+    overhead_targets,
+)
 from round_robin import round_robin
 
 ROUTES = (
@@ -77,12 +92,23 @@ ROUTES = (
 )
 
 
-def routes() -> tuple[str, ...]:
-    """ROUTES and the peers' routes that can run here (TorchJD's when it is installed)."""
+SETS = ("default", "backends")
+
+
+def routes(which: str = "default") -> tuple[str, ...]:
+    """``default``: ROUTES and the peers' routes that can run here (TorchJD's when it is
+    installed). ``backends``: the default route with one backend changed, beside it and the
+    routes the overhead needs (the ``exact`` solve needs cvxpy, and raises without it)."""
     import importlib.util
 
-    from optimizer_cases import PEERS
+    from optimizer_cases import BACKEND_ROUTES, PEERS
 
+    if which not in SETS:
+        raise ValueError(f"routes must be one of {SETS}, got {which!r}")
+    if which == "backends":
+        if importlib.util.find_spec("cvxpy") is None:
+            raise RuntimeError("--routes backends times the exact solve, which needs cvxpy")
+        return (*ROUTES[:4], *BACKEND_ROUTES)
     have_torchjd = importlib.util.find_spec("torchjd") is not None
     return ROUTES + tuple(p for p in PEERS if have_torchjd or not p.startswith("torchjd"))
 
@@ -151,12 +177,14 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def measure(model: str, k: int, rounds: int, allocator: str = "default") -> list[dict[str, object]]:
+def measure(
+    model: str, k: int, rounds: int, allocator: str = "default", which: str = "default"
+) -> list[dict[str, object]]:
     from optimizer_cases import route, setup
 
     s = setup(model, k)
     timer = PassTimer()
-    names = routes()
+    names = routes(which)
     inside: dict[str, list[float]] = {name: [] for name in names}
     faults: dict[str, list[int]] = {name: [] for name in names}
 
@@ -211,14 +239,29 @@ def main(argv: list[str] | None = None) -> int:
         help="no-trim: keep freed heap memory mapped (glibc), so that no route pays page "
         "faults for memory another route gave back",
     )
+    parser.add_argument(
+        "--routes",
+        choices=SETS,
+        default="default",
+        help="backends: the default route beside the same with one backend changed",
+    )
     args = parser.parse_args(argv)
     set_allocator(args.malloc)  # before the models allocate anything
     torch.set_num_threads(threads())
     rows: list[dict[str, object]] = []
     for model in MODELS:
         for k in KS:
-            got = measure(model, k, args.rounds, args.malloc)
+            got = measure(model, k, args.rounds, args.malloc, args.routes)
             rows += got
+            if args.routes == "backends":
+                for b in backend_table([got]):
+                    print(
+                        f"{model:12s} K={k} {b['route']:34s} overhead {b['overhead']:+.3f} "
+                        f"backward (paired {b['overhead_paired']:+.3f}), "
+                        f"{b['time_over_default']:.2f}x the default route's step",
+                        flush=True,
+                    )
+                continue
             # The report's own arithmetic, one list per estimate, routes in the same order.
             estimates = [
                 overhead_targets(got, "probe", net=net, paired=paired)

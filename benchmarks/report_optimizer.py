@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from optimizer_cases import PEERS, ROUTES
+from optimizer_cases import BACKEND_ROUTES, PEERS, ROUTES
 
 OVERHEAD_TARGET = 0.10
 
@@ -214,6 +214,48 @@ def probe_targets(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
+def backend_table(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The default route and each of ``BACKEND_ROUTES`` per model and K, from probe runs made
+    with ``--routes backends``: the overhead beyond the K backward passes in units of one
+    backward (difference of medians, and paired), and the step time over the default route's.
+    Each figure is the median over the runs; ``runs`` keeps every run's."""
+    merged: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for rows in runs:
+        for model, k in sorted({(r["model"], r["k"]) for r in rows}):
+            fwd = _t(rows, model, k, "forward")
+            fb = _t(rows, model, k, "forward_backward")
+            kb = _t(rows, model, k, "k_backward_step")
+            default = _t(rows, model, k, "ours-cagrad_clip-store")
+            if None in (fwd, fb, kb, default):
+                continue
+            backward = fb - fwd
+            for name in ("ours-cagrad_clip-store", *BACKEND_ROUTES):
+                t = _t(rows, model, k, name)
+                if t is None:
+                    continue
+                figures = {
+                    "overhead": (t - kb) / backward,
+                    "overhead_paired": paired_difference(
+                        _t(rows, model, k, name, "times_us"),
+                        _t(rows, model, k, "k_backward_step", "times_us"),
+                    )
+                    / backward,
+                    "time_over_default": t / default,
+                }
+                entry = merged.setdefault(
+                    (model, k, name),
+                    {"model": model, "k": k, "route": name, "runs": {f: [] for f in figures}},
+                )
+                for f, v in figures.items():
+                    entry["runs"][f].append(round(v, 3))
+    out = []
+    for entry in merged.values():
+        for f, values in entry["runs"].items():
+            entry[f] = round(statistics.median(values), 3)
+        out.append(entry)
+    return out
+
+
 def targets(
     rows: list[dict[str, Any]],
     memory: list[dict[str, Any]],
@@ -244,7 +286,8 @@ def step_table(rows: list[dict[str, Any]]) -> str:
     keys = sorted({(r["model"], r["k"], r["p"]) for r in rows})
     header = ["route", *[f"{m} K={k}" for m, k, _ in keys]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in ROUTES:
+    present = {r["route"] for r in rows}
+    for name in ROUTES + tuple(b for b in BACKEND_ROUTES if b in present):
         cells = [f"`{name}`"]
         for m, k, _ in keys:
             t = _t(rows, m, k, name)

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from conftest import torch_threads
-from optimizer_cases import KS, MODELS, ROUTES, route, setup, threads
+from optimizer_cases import BACKEND_ROUTES, KS, MODELS, ROUTES, route, setup, threads
 
 THREADS = threads()
 
@@ -46,11 +46,18 @@ def _threads() -> Iterator[None]:
 
 @pytest.mark.parametrize(
     ("model", "k", "name"),
-    [pytest.param(m, k, r, id=f"{m}-K{k}-{r}") for m in MODELS for k in KS for r in ROUTES],
+    [
+        pytest.param(m, k, r, id=f"{m}-K{k}-{r}")
+        for m in MODELS
+        for k in KS
+        for r in ROUTES + BACKEND_ROUTES
+    ],
 )
 def test_step(benchmark: Any, model: str, k: int, name: str) -> None:
     if name.startswith("torchjd"):
         pytest.importorskip("torchjd")
+    if name.endswith("-exact"):
+        pytest.importorskip("cvxpy")
     if name == "research":
         pytest.importorskip("scipy")
     s = setup(model, k)

@@ -1,5 +1,5 @@
 """The benchmark reports' arithmetic: the paired overhead estimate, the allocator labels and
-page-fault table, and the JSON writer.
+page-fault table, the per-backend table, and the JSON writer.
 
 The reports turn raw timings into the figures the docs quote, so their arithmetic is tested
 like the library's: on hand-made rows whose answers are known.
@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from report_optimizer import (
+    backend_table,
     dump_json,
     fault_table,
     overhead_targets,
@@ -155,3 +156,48 @@ def test_dump_json_round_trips_and_puts_integer_lists_on_one_line():
     assert '"times_us": [1, -2, 30000]' in text
     assert '"net_times_us": [7, 8]' in text
     assert text.endswith("\n")
+
+
+def _backend_rows(default_us: list[int], exact_us: list[int]) -> list[dict]:
+    """A --routes backends probe run: _rows' routes plus the exact solve's."""
+    rows = _rows(ours_us=default_us, kb_us=[5000, 5000, 5000])
+    exact = dict(rows[-1], route="ours-cagrad_clip-store-exact", times_us=exact_us)
+    exact["median_s"] = sorted(exact_us)[1] * 1e-6
+    return [*rows, exact]
+
+
+def test_backend_table_as_computed_by_hand():
+    runs = [
+        # Default 5100 µs (0.1 of a 1 ms backward); exact 6000 µs median, paired differences
+        # 1000, 1000, 3000 against k_backward_step's 5000: 1.0 either way, 6000/5100 the step.
+        _backend_rows([5100, 5100, 5100], [6000, 6000, 8000]),
+        # Default 5300 µs (0.3); exact 7000 µs: 2.0, 7000/5300.
+        _backend_rows([5300, 5300, 5300], [7000, 7000, 7000]),
+        _backend_rows([5200, 5200, 5200], [6500, 6500, 6500]),  # 0.2; 1.5, 6500/5200
+    ]
+    got = {(b["route"]): b for b in backend_table(runs)}
+    assert set(got) == {"ours-cagrad_clip-store", "ours-cagrad_clip-store-exact"}
+    default, exact = got["ours-cagrad_clip-store"], got["ours-cagrad_clip-store-exact"]
+    assert default["overhead"] == pytest.approx(0.2) and default["time_over_default"] == 1.0
+    assert default["runs"]["overhead"] == [0.1, 0.3, 0.2]
+    assert exact["overhead"] == pytest.approx(1.5)
+    assert exact["runs"]["overhead_paired"] == [1.0, 2.0, 1.5]
+    assert exact["time_over_default"] == pytest.approx(round(6500 / 5200, 3))
+
+
+def test_report_backends_refuses_a_run_without_backend_routes(tmp_path: Path):
+    from report_backends import main
+
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(_rows([5100] * 3, [5000] * 3)))
+    with pytest.raises(ValueError, match="--routes backends"):
+        main([str(plain)])
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(_backend_rows([5100] * 3, [6000] * 3)))
+    out = tmp_path / "summary.json"
+    assert main([str(run), "--save", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert [b["route"] for b in saved["backends"]] == [
+        "ours-cagrad_clip-store",
+        "ours-cagrad_clip-store-exact",
+    ]
