@@ -9,7 +9,7 @@ optionally, a pytest-benchmark run of the same routes::
         python benchmarks/optimizer_overhead.py --routes backends --out /tmp/opt_backends_$run.json
     done
     python benchmarks/optimizer_memory.py --routes backends --out /tmp/opt_memory_backends.json
-    python -m pytest benchmarks/test_bench_optimizer.py -k "store-" \\
+    python -m pytest benchmarks/test_bench_optimizer.py -k "cagrad_clip-store" \\
         --benchmark-json=/tmp/opt_backends_bench.json -q
     python benchmarks/report_backends.py /tmp/opt_backends_?.json \\
         --memory /tmp/opt_memory_backends.json --bench /tmp/opt_backends_bench.json \\
