@@ -287,7 +287,7 @@ def step_table(rows: list[dict[str, Any]]) -> str:
     header = ["route", *[f"{m} K={k}" for m, k, _ in keys]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     present = {r["route"] for r in rows}
-    for name in ROUTES + tuple(b for b in BACKEND_ROUTES if b in present):
+    for name in (n for n in ROUTES + BACKEND_ROUTES if n in present):
         cells = [f"`{name}`"]
         for m, k, _ in keys:
             t = _t(rows, m, k, name)

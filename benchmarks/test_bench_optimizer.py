@@ -22,6 +22,9 @@ Run::
         --overhead /tmp/opt_overhead_?.json /tmp/opt_no_trim_?.json \\
         --save benchmarks/results/optimizer_cpu.json
 
+The routes with one backend changed (``BACKEND_ROUTES``) are timed here too and tabled by
+``report_backends.py`` (its docstring has the recipe).
+
 ``CONFLICT_OPT_BENCH_OPTIMIZER_THREADS`` (default: every core) sets torch's threads here and
 in the two probes.
 """
