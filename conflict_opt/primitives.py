@@ -140,6 +140,12 @@ def _check_tensor(t: object, where: str) -> torch.Tensor:
 _shape_of = operator.attrgetter("shape")
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
+# Reading ``is_cpu`` gives a bool; reading ``device`` builds a torch.device object per tensor.
+_is_cpu = operator.attrgetter("is_cpu")
+# Mapped over lists: the unbound methods take the tensor as their argument and build no bound
+# method object per tensor (operator.methodcaller does, and is slower than a plain loop).
+_is_contiguous = torch.Tensor.is_contiguous
+_data_ptr = torch.Tensor.data_ptr
 _FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
 
@@ -152,11 +158,15 @@ def _as_grads_fast(k: int, per_objective: list[tuple[Any, ...]]) -> Grads | None
         first = per_objective[0]
         shapes = list(map(_shape_of, first))
         dtypes = list(map(_dtype_of, first))
-        devices = set(map(_device_of, first))
         for seq in per_objective[1:]:
             if list(map(_shape_of, seq)) != shapes or list(map(_dtype_of, seq)) != dtypes:
                 return None
-            devices.update(map(_device_of, seq))
+        if all(all(map(_is_cpu, seq)) for seq in per_objective):
+            devices = {_CPU} if first else set()
+        else:
+            devices = set()
+            for seq in per_objective:
+                devices.update(map(_device_of, seq))
     except AttributeError:  # None, or not a tensor
         return None
     if len(devices) > 1 or not _FLOAT_DTYPE_SET.issuperset(dtypes):
@@ -678,10 +688,19 @@ def _native_rows(g: Grads, slots: list[int]) -> tuple[list[int], list[int], list
     """Data pointers (0 for None) and lengths of the given slots, piece-major, and the flat
     tensors that must stay alive while the kernel reads them (a non-contiguous tensor is
     copied, one at a time)."""
+    numels = g.numels
+    # The common case list-at-a-time (C-level map: no Python frame per tensor): every tensor
+    # present and contiguous. None is refused by the unbound method (TypeError) and takes the
+    # loop below.
+    tensors = list(itertools.chain.from_iterable(g.slots[t] for t in slots))
+    try:
+        if all(map(_is_contiguous, tensors)):
+            return list(map(_data_ptr, tensors)), [numels[t] for t in slots], []
+    except TypeError:
+        pass
     ptrs: list[int] = []
     lens: list[int] = []
     keep: list[torch.Tensor] = []
-    numels = g.numels
     for t in slots:
         lens.append(numels[t])
         for x in g.slots[t]:

@@ -478,3 +478,35 @@ def test_list_at_a_time_validation_matches_the_per_slot_checks(monkeypatch) -> N
     ]
     for case in irregular:
         assert primitives._as_grads_fast(2, [tuple(r) for r in case]) is None, case
+
+
+def test_list_at_a_time_description_matches_the_per_tensor_one() -> None:
+    """as_grads' list-at-a-time path (which reads ``is_cpu`` instead of building a device per
+    tensor) describes a list as the per-slot checks do: on CPU, on one other device, and it
+    hands two devices to the checks that name them."""
+    for device in ("cpu", "meta"):
+        grads = [[torch.ones(3, device=device), torch.ones(2, 2, device=device)] for _ in range(3)]
+        fast = primitives._as_grads_fast(3, [tuple(g) for g in grads])
+        assert fast is not None and fast.device == torch.device(device)
+        assert fast.shapes == (torch.Size([3]), torch.Size([2, 2]))
+        assert fast.dtypes == (torch.float32, torch.float32)
+    mixed = [(torch.ones(2),), (torch.ones(2, device="meta"),)]
+    assert primitives._as_grads_fast(2, mixed) is None
+    assert primitives._as_grads_fast(1, [()]).device == torch.device("cpu")
+
+
+@pytest.mark.skipif(primitives._native is None, reason="conflict_opt._native is not built")
+def test_native_rows_list_at_a_time_matches_the_loop() -> None:
+    """Pointers of the kernels' rows: all present and contiguous (one map), or with None and a
+    strided tensor (the loop, which copies the strided one and keeps the copy alive)."""
+    a, b, c, d = torch.randn(4), torch.randn(2, 3), torch.randn(4), torch.randn(2, 3)
+    g = primitives.as_grads([[a, b], [c, d]])
+    ptrs, lens, keep = primitives._native_rows(g, [0, 1])
+    assert ptrs == [a.data_ptr(), c.data_ptr(), b.data_ptr(), d.data_ptr()]
+    assert lens == [4, 6] and keep == []
+    strided = torch.randn(3, 2).T
+    g = primitives.as_grads([[None, b], [c, strided]])
+    ptrs, lens, keep = primitives._native_rows(g, [0, 1])
+    assert ptrs[:3] == [0, c.data_ptr(), b.data_ptr()] and lens == [4, 6]
+    assert len(keep) == 1 and ptrs[3] == keep[0].data_ptr()
+    assert torch.equal(keep[0].view(2, 3), strided)
