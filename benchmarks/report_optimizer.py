@@ -218,7 +218,16 @@ def backend_table(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The default route and each of ``BACKEND_ROUTES`` per model and K, from probe runs made
     with ``--routes backends``: the overhead beyond the K backward passes in units of one
     backward (difference of medians, and paired), and the step time over the default route's.
-    Each figure is the median over the runs; ``runs`` keeps every run's."""
+    Each figure is the median over the runs; ``runs`` keeps every run's. The runs must share
+    one ``--malloc`` setting (``allocator`` in each entry), since the setting moves the
+    figures (page faults)."""
+    allocators = {_allocator(rows) for rows in runs}
+    if len(allocators) > 1:
+        raise ValueError(
+            f"backend probe runs of several allocator settings: {sorted(allocators)}; table "
+            "each setting on its own"
+        )
+    allocator = allocators.pop() if allocators else "default"
     merged: dict[tuple[str, int, str], dict[str, Any]] = {}
     for rows in runs:
         for model, k in sorted({(r["model"], r["k"]) for r in rows}):
@@ -244,7 +253,13 @@ def backend_table(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 }
                 entry = merged.setdefault(
                     (model, k, name),
-                    {"model": model, "k": k, "route": name, "runs": {f: [] for f in figures}},
+                    {
+                        "model": model,
+                        "k": k,
+                        "route": name,
+                        "allocator": allocator,
+                        "runs": {f: [] for f in figures},
+                    },
                 )
                 for f, v in figures.items():
                     entry["runs"][f].append(round(v, 3))

@@ -201,3 +201,12 @@ def test_report_backends_refuses_a_run_without_backend_routes(tmp_path: Path):
         "ours-cagrad_clip-store",
         "ours-cagrad_clip-store-exact",
     ]
+
+
+def test_backend_table_keeps_allocator_settings_apart():
+    default = _backend_rows([5100] * 3, [6000] * 3)
+    no_trim = [dict(r, allocator="no-trim") for r in _backend_rows([5100] * 3, [6000] * 3)]
+    assert {b["allocator"] for b in backend_table([no_trim, no_trim])} == {"no-trim"}
+    assert {b["allocator"] for b in backend_table([default])} == {"default"}
+    with pytest.raises(ValueError, match=r"several allocator settings: \['default', 'no-trim'\]"):
+        backend_table([default, no_trim])
