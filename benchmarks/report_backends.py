@@ -29,11 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report_optimizer import backend_table, dump_json, load, step_table
-
-
-def _find(rows: list[dict[str, Any]], model: str, k: int, name: str) -> dict[str, Any] | None:
-    return next((x for x in rows if (x["model"], x["k"], x["route"]) == (model, k, name)), None)
+from optimizer_cases import BACKEND_ROUTES
+from report_optimizer import MACHINE, backend_table, load, row_of, save_json, step_table
 
 
 def table(backends: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
@@ -47,8 +44,8 @@ def table(backends: list[dict[str, Any]], memory: list[dict[str, Any]]) -> str:
     for name in names:
         cells = [f"`{name}`"]
         for m, k in keys:
-            b = _find(backends, m, k, name)
-            mem = _find(memory, m, k, name)
+            b = row_of(backends, m, k, name)
+            mem = row_of(memory, m, k, name)
             if b is None:
                 cells.append("–")
                 continue
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runs = [json.loads(path.read_text()) for path in args.probe]
     for path, rows in zip(args.probe, runs, strict=True):
-        if not any(r["route"].count("-") == 3 for r in rows):
+        if not any(r["route"] in BACKEND_ROUTES for r in rows):
             raise ValueError(f"{path} has no backend route: was it run with --routes backends?")
     backends = backend_table(runs)
     memory = json.loads(args.memory.read_text()) if args.memory else []
@@ -88,14 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         print(step_table(bench))
     if args.save:
         summary = {
-            "machine": {"cpu": "2-core AMD EPYC VM"},
+            "machine": MACHINE,
             "backends": backends,
             "memory": memory,
             "steps": bench,
             "probe_runs": runs,
         }
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(dump_json(summary))
+        save_json(args.save, summary)
     return 0
 
 

@@ -44,12 +44,27 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [{**b["extra_info"], "median_s": b["stats"]["median"]} for b in raw["benchmarks"]]
 
 
-def _t(rows: list[dict[str, Any]], model: str, k: int, name: str, key: str = "median_s") -> Any:
-    """Field ``key`` of the row of ``route`` ``name`` at (model, K); None if there is none."""
+MACHINE = {"cpu": "2-core AMD EPYC VM"}
+
+
+def row_of(rows: list[dict[str, Any]], model: str, k: int, name: str) -> dict[str, Any] | None:
+    """The row of ``route`` ``name`` at (model, K); None if there is none."""
     for r in rows:
         if r["model"] == model and r["k"] == k and r["route"] == name:
-            return r.get(key)
+            return r
     return None
+
+
+def _t(rows: list[dict[str, Any]], model: str, k: int, name: str, key: str = "median_s") -> Any:
+    """Field ``key`` of the row of ``route`` ``name`` at (model, K); None if there is none."""
+    r = row_of(rows, model, k, name)
+    return None if r is None else r.get(key)
+
+
+def save_json(path: Path, summary: dict[str, Any]) -> None:
+    """Write a report's summary with :func:`dump_json`, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_json(summary))
 
 
 def _met(route: str, ratio: float) -> bool:
@@ -320,10 +335,7 @@ def memory_table(memory: list[dict[str, Any]]) -> str:
     for name in routes:
         cells = [f"`{name}`"]
         for model, k in keys:
-            m = next(
-                (x for x in memory if x["model"] == model and x["k"] == k and x["route"] == name),
-                None,
-            )
+            m = row_of(memory, model, k, name)
             cells.append(
                 "–"
                 if m is None
@@ -378,18 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.save:
         summary = {
-            "machine": {
-                "cpu": "2-core AMD EPYC VM",
-                "threads": rows[0]["threads"] if rows else None,
-            },
+            "machine": {**MACHINE, "threads": rows[0]["threads"] if rows else None},
             "targets": goals,
             "steps": rows,
             "overhead_probe_runs": overhead,
             "minor_faults": faults,
             "memory": memory,
         }
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(dump_json(summary))
+        save_json(args.save, summary)
     return 0
 
 
