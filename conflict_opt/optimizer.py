@@ -14,6 +14,7 @@ precision and the benchmark table.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -345,6 +346,16 @@ def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, to
     }
 
 
+def _requires_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` has a ``closure`` parameter without a default
+    (``torch.optim.LBFGS``); False where its signature cannot be read."""
+    try:
+        param = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
+
+
 class MultiObjectiveOptimizer:
     r"""Wrap a ``torch.optim.Optimizer`` so that each step follows a conflict-averse direction.
 
@@ -439,6 +450,7 @@ class MultiObjectiveOptimizer:
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(f"`scaler` must be a torch.amp.GradScaler, got {type(scaler)}.")
         self.optimizer = optimizer
+        self._needs_closure = _requires_closure(optimizer)
         self.weights = _check_weights(weights)
         self.method, self.c, self.backend = method, float(c), backend
         self.primitive_backend = primitive_backend
@@ -598,7 +610,9 @@ class MultiObjectiveOptimizer:
                 does not match the weights or the earlier micro-batches of this step.
             FloatingPointError: a NaN/Inf loss (with ``check_finite``); nothing is written.
         """
-        items = self._losses(losses)
+        self._gather(self._losses(losses))
+
+    def _gather(self, items: list[torch.Tensor]) -> None:
         k = len(items)
         params = self._trainable()
         if not params:
@@ -789,19 +803,79 @@ class MultiObjectiveOptimizer:
             self._info.pop("skipped", None)
         return self._info
 
-    def step(self, losses: Sequence[torch.Tensor] | torch.Tensor | None = None) -> None:
+    def step(
+        self,
+        losses: Sequence[torch.Tensor] | torch.Tensor | Callable[[], Any] | None = None,
+        *,
+        closure: Callable[[], Any] | None = None,
+    ) -> Any:
         """Solve (if not done per micro-batch), write ``.grad`` and call the inner step.
 
         Args:
-            losses: shortcut for ``backward(losses)`` first.
+            losses: shortcut for ``backward(losses)`` first. A callable here is taken as
+                ``closure`` (torch's ``optimizer.step(closure)`` is positional).
+            closure: for inner optimizers that evaluate the objective more than once per
+                step (``torch.optim.LBFGS``, whose ``step`` requires a closure). It re-runs
+                the model and returns the K losses, as for :meth:`backward`, without calling
+                any backward itself. Each evaluation clears ``.grad`` (as a torch closure's
+                ``zero_grad()`` would), gathers the K gradients, solves, writes ``.grad``, and
+                returns Σ_k w_k L_k (float64, detached) as the loss the inner optimizer reads.
+                The first evaluation runs before the inner step, so that a NaN/Inf loss raises
+                and a non-finite Gram skips the step (with ``check_finite``) with nothing
+                written to the parameters; the inner step's first call of the closure returns
+                it without evaluating again. Later evaluations (LBFGS's line search) check the
+                losses too, but by then the inner optimizer has moved the parameters (the
+                error says so), and a non-finite Gram there reaches the inner optimizer, as
+                it would in its own training loop.
+
+        Returns:
+            What the inner ``step`` returns (with a closure, LBFGS and torch's other optimizers
+            return the first evaluation's loss); ``None`` for a skipped step without a closure.
 
         Raises:
-            RuntimeError: no ``backward`` since the last step.
+            RuntimeError: no ``backward`` since the last step, or ``backward`` already ran
+                when a closure is given.
+            ValueError: both ``losses`` and ``closure``, a closure with a ``scaler`` (as
+                ``GradScaler`` refuses closures), or no closure for an inner optimizer whose
+                ``step`` requires one; nothing is written in any of these cases.
         """
+        if callable(losses) and not isinstance(losses, torch.Tensor):
+            if closure is not None:
+                raise ValueError("got a callable for `losses` and a `closure`: pass one.")
+            losses, closure = None, losses
+        if closure is not None:
+            return self._step_closure(losses, closure)
+        if self._needs_closure:
+            raise ValueError(
+                f"{type(self.optimizer).__name__}.step requires a closure: call "
+                "opt.step(closure=fn) with fn re-running the model and returning the K losses."
+            )
         if losses is not None:
             self.backward(losses)
         if not self._pending:
             raise RuntimeError("call backward(losses) (or step(losses)) before step().")
+        nonfinite = self._write()
+        if self.scaler is not None:
+            # GradScaler unscales .grad, checks it for inf/NaN and skips the inner step if so;
+            # whether it did is its own record (scaler.get_scale() drops after a skip), so
+            # last_info has no "skipped" entry here.
+            out = self.scaler.step(self.optimizer)
+            self._skipped = None
+            self.steps += 1
+            return out
+        if self.check_finite and nonfinite is not None and bool(nonfinite):
+            # As GradScaler does with inf/NaN gradients: nothing reaches the parameters.
+            self._skipped = True
+            self.steps += 1
+            return None
+        out = self.optimizer.step()
+        self._skipped = False
+        self.steps += 1
+        return out
+
+    def _write(self) -> torch.Tensor | bool | None:
+        """Solve the stored step (store mode, per step), write ``.grad``, drop the store;
+        returns whether any Gram of the step was non-finite."""
         if self.mode == "store" and self.accumulation == "per_step":
             if self._first is not None:
                 params, grads = self._first
@@ -816,22 +890,55 @@ class MultiObjectiveOptimizer:
             self._solve_and_write(params, grads, accumulate=False, reuse=True)
         nonfinite = self._nonfinite
         self._reset()
+        return nonfinite
+
+    def _step_closure(self, losses: Any, closure: Callable[[], Any]) -> Any:
+        if losses is not None:
+            raise ValueError("got both `losses` and a `closure`: the closure returns the losses.")
+        if not callable(closure):
+            raise ValueError(f"`closure` must be callable, got {type(closure).__name__}.")
+        if self._pending:
+            raise RuntimeError(
+                "backward(losses) already ran for this step, and step(closure=...) gathers its "
+                "own gradients: call step() to use them, or zero_grad() to drop them."
+            )
         if self.scaler is not None:
-            # GradScaler unscales .grad, checks it for inf/NaN and skips the inner step if so;
-            # whether it did is its own record (scaler.get_scale() drops after a skip), so
-            # last_info has no "skipped" entry here.
-            self.scaler.step(self.optimizer)
-            self._skipped = None
-            self.steps += 1
-            return
+            raise ValueError("a closure cannot be used with a GradScaler (torch refuses it too).")
+
+        def evaluate(again: bool) -> tuple[torch.Tensor, torch.Tensor | bool | None]:
+            self.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                losses = closure()
+            try:
+                items = self._losses(losses)
+            except FloatingPointError as err:
+                if not again:
+                    raise
+                raise FloatingPointError(
+                    f"{err} This was a re-evaluation inside "
+                    f"{type(self.optimizer).__name__}.step: the parameters hold its trial point."
+                ) from None
+            self._gather(items)
+            nonfinite = self._write()
+            device = items[0].device
+            w = self._weights_for(len(items), device)
+            value = torch.stack([loss.detach().to(device, torch.float64) for loss in items]) @ w
+            return value, nonfinite
+
+        value, nonfinite = evaluate(again=False)
         if self.check_finite and nonfinite is not None and bool(nonfinite):
-            # As GradScaler does with inf/NaN gradients: nothing reaches the parameters.
             self._skipped = True
             self.steps += 1
-            return
-        self.optimizer.step()
+            return value
+        first: list[torch.Tensor] = [value]
+
+        def inner() -> torch.Tensor:
+            return first.pop() if first else evaluate(again=True)[0]
+
+        out = self.optimizer.step(inner)
         self._skipped = False
         self.steps += 1
+        return out
 
     def __repr__(self) -> str:
         return (

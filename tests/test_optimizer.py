@@ -4,6 +4,7 @@ independence, memory modes, accumulation, mixed precision, state round trips, ba
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -641,3 +642,160 @@ def test_aggregate_checks_gradients_against_the_parameters() -> None:
     with pytest.raises(ValueError, match=r"`out\[0\]` must have the gradients' shape \(3,\)"):
         conflict_opt.aggregate_([p], [[torch.ones(3)], [torch.ones(3)]])
     assert p.grad is None or p.grad.shape == (2,)
+
+
+# ------------------------------------------------------------------------------ closures
+def _lbfgs(params, line_search: str | None) -> torch.optim.LBFGS:
+    return torch.optim.LBFGS(params, lr=0.5, max_iter=4, line_search_fn=line_search)
+
+
+@pytest.mark.parametrize("mode", ["store", "gram_first"])
+@pytest.mark.parametrize("line_search", [None, "strong_wolfe"])
+def test_closure_linear_reproduces_lbfgs_on_the_weighted_sum(
+    mode: str, line_search: str | None
+) -> None:
+    """LBFGS evaluates the closure several times per step: each evaluation must start from
+    zero gradients (gram_first sums into .grad) and return Σ w_k L_k."""
+    w = [0.5, 0.3, 0.2]
+    plain, wrapped = _model(), _model()
+    opt_plain = _lbfgs(plain.parameters(), line_search)
+    opt = MultiObjectiveOptimizer(
+        _lbfgs(wrapped.parameters(), line_search), w, method="linear", mode=mode
+    )
+    calls = {"plain": 0, "wrapped": 0}
+    for step in range(3):
+        x, y = _data(step)
+
+        def closure_plain(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            calls["plain"] += 1
+            opt_plain.zero_grad()
+            loss = sum(wi * li for wi, li in zip(w, plain.losses(x, y), strict=True))
+            loss.backward()
+            return loss
+
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> list[torch.Tensor]:
+            calls["wrapped"] += 1
+            return wrapped.losses(x, y)
+
+        loss_plain = opt_plain.step(closure_plain)
+        loss = opt.step(closure=closure)
+        assert loss.dtype == torch.float64 and loss.shape == () and not loss.requires_grad
+        torch.testing.assert_close(loss.float(), loss_plain.detach())
+        for a, b in zip(plain.parameters(), wrapped.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert calls["plain"] == calls["wrapped"] > 3  # re-evaluations happened, none added
+    assert opt.steps == 3 and not bool(opt.last_info["skipped"])
+
+
+def test_closure_is_evaluated_once_for_a_one_evaluation_optimizer() -> None:
+    """The first evaluation runs before the inner step, which receives it without a second
+    evaluation: the same parameters as step(losses), bitwise."""
+    direct, wrapped = _model(), _model()
+    opt_direct = MultiObjectiveOptimizer(OPTIMIZERS["adam"](direct.parameters()), [0.6, 0.3, 0.1])
+    opt = MultiObjectiveOptimizer(OPTIMIZERS["adam"](wrapped.parameters()), [0.6, 0.3, 0.1])
+    calls = 0
+    w = [0.6, 0.3, 0.1]
+    for step in range(3):
+        x, y = _data(step)
+        with torch.no_grad():
+            expected = sum(wk * li for wk, li in zip(w, direct.losses(x, y), strict=True))
+        opt_direct.zero_grad()
+        opt_direct.step(direct.losses(x, y))
+
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            return torch.stack(wrapped.losses(x, y))
+
+        # Positional, as torch's optimizer.step(closure); Adam returns the closure's value.
+        value = opt.step(closure)
+        assert calls == step + 1
+        torch.testing.assert_close(value, expected.double())
+        for a, b in zip(direct.parameters(), wrapped.parameters(), strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(opt.last_info["coeffs"], opt_direct.last_info["coeffs"])
+
+
+def test_lbfgs_without_closure_raises_with_nothing_written() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(_lbfgs(model.parameters(), None))
+    before = _params(model)
+    x, y = _data(0)
+    with pytest.raises(ValueError, match=r"LBFGS\.step requires a closure"):
+        opt.step(model.losses(x, y))
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+        assert a.grad is None
+    assert not opt.optimizer.state
+
+
+def _closure_for(model: Net, bad: str = "") -> Callable[[], list[torch.Tensor]]:
+    x, y = _data(0)
+
+    def closure() -> list[torch.Tensor]:
+        losses = model.losses(x, y)
+        if bad == "nan":
+            losses[1] = losses[1] * float("nan")
+        return losses
+
+    return closure
+
+
+def test_closure_bad_use_raises_with_nothing_written() -> None:
+    model = _model()
+    before = _params(model)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    closure = _closure_for(model)
+    with pytest.raises(ValueError, match="both `losses` and a `closure`"):
+        opt.step(closure(), closure=closure)
+    with pytest.raises(ValueError, match="a callable for `losses` and a `closure`"):
+        opt.step(closure, closure=closure)
+    with pytest.raises(ValueError, match="`closure` must be callable, got int"):
+        opt.step(closure=3)
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        opt.step(closure=_closure_for(model, "nan"))
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+        assert a.grad is None
+    opt.backward(closure())
+    with pytest.raises(RuntimeError, match="backward\\(losses\\) already ran"):
+        opt.step(closure=closure)
+    scaled = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), scaler=torch.amp.GradScaler("cpu")
+    )
+    with pytest.raises(ValueError, match="GradScaler"):
+        scaled.step(closure=closure)
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+    assert opt.steps == scaled.steps == 0 and not opt.optimizer.state
+
+
+def test_closure_with_nonfinite_gradients_skips_the_step() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(_lbfgs(model.parameters(), None))
+    before = _params(model)
+    model.trunk.weight.register_hook(lambda g: g * float("inf"))
+    value = opt.step(closure=_closure_for(model))
+    assert bool(opt.last_info["skipped"]) and opt.steps == 1
+    assert torch.isfinite(value)  # the losses were finite; their gradients were not
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+    assert not opt.optimizer.state
+
+
+def test_closure_nan_in_a_re_evaluation_says_the_parameters_moved() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(_lbfgs(model.parameters(), None))
+    good, bad = _closure_for(model), _closure_for(model, "nan")
+    calls = 0
+
+    def closure() -> list[torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        return good() if calls == 1 else bad()
+
+    before = _params(model)
+    with pytest.raises(FloatingPointError, match=r"re-evaluation inside LBFGS\.step"):
+        opt.step(closure=closure)
+    assert calls == 2
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
