@@ -482,6 +482,20 @@ class MultiObjectiveOptimizer:
     def state(self) -> Any:
         return self.optimizer.state
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """The inner optimizer's ``add_param_group``; its parameters take part from the next
+        ``backward`` on (the trainable set is read at each one)."""
+        if self._pending:
+            raise RuntimeError(
+                "add_param_group between backward and step: the gradients gathered for this "
+                "step do not cover the new parameters; call it before backward or after step."
+            )
+        self.optimizer.add_param_group(param_group)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the inner optimizer's gradients and the per-objective store."""
         self.optimizer.zero_grad(set_to_none=set_to_none)

@@ -799,3 +799,31 @@ def test_closure_nan_in_a_re_evaluation_says_the_parameters_moved() -> None:
         opt.step(closure=closure)
     assert calls == 2
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+
+
+def test_add_param_group_takes_part_from_the_next_backward() -> None:
+    """A layer added mid-training (as in progressive unfreezing) is trained from the next step
+    on, with its group's own options, exactly as the inner optimizer given it directly."""
+    plain, wrapped = _model(), _model()
+    opt_plain = torch.optim.SGD(plain.trunk.parameters(), lr=0.1)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(wrapped.trunk.parameters(), lr=0.1), [1.0], method="linear"
+    )
+    for step in range(3):
+        x, y = _data(step)
+        if step == 1:
+            opt_plain.add_param_group({"params": plain.heads[0].parameters(), "lr": 0.05})
+            opt.add_param_group({"params": wrapped.heads[0].parameters(), "lr": 0.05})
+            assert opt.param_groups[1]["lr"] == 0.05 and opt.defaults["lr"] == 0.1
+        opt_plain.zero_grad()
+        plain.losses(x, y)[0].backward()
+        opt_plain.step()
+        opt.zero_grad()
+        opt.step(wrapped.losses(x, y)[:1])
+        for a, b in zip(plain.parameters(), wrapped.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    x, y = _data(3)
+    opt.backward(wrapped.losses(x, y)[:1])
+    with pytest.raises(RuntimeError, match="add_param_group between backward and step"):
+        opt.add_param_group({"params": wrapped.heads[1].parameters()})
+    assert len(opt.param_groups) == 2
