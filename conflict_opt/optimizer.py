@@ -247,14 +247,28 @@ def _own_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]
     """The wrapper's store as :class:`Grads` without per-tensor checks: autograd has already
     given every gradient its parameter's shape, dtype and device (its engine validates them),
     the bfloat16 store converts whole tensors, and accumulation sums like tensors. One dtype read
-    per parameter; anything unusual (several devices, a non-float dtype) takes
-    :func:`conflict_opt.primitives.as_grads`, which raises naming it. Saves that function's
-    per-tensor attribute reads, a noticeable part of a step's overhead on a small model."""
+    per parameter and one layout read per tensor (``nn.Embedding(sparse=True)`` gives sparse
+    gradients, refused here naming the parameter); anything else unusual (several devices, a
+    non-float dtype) takes :func:`conflict_opt.primitives.as_grads`, which raises naming it.
+    Saves that function's per-tensor attribute reads, a noticeable part of a step's overhead on
+    a small model."""
     slots = tuple(zip(*grads, strict=True))
     dtypes: list[torch.dtype | None] = []
+    dense = True
     for slot in slots:
         present = [x for x in slot if x is not None]
         dtypes.append(present[0].dtype if present else None)
+        dense = dense and all(x.layout is torch.strided for x in present)
+    if not dense:
+        for t, slot in enumerate(slots):
+            for i, x in enumerate(slot):
+                if x is not None and x.layout is not torch.strided:
+                    raise ValueError(
+                        f"parameter {t} (shape {tuple(params[t].shape)}) got a {x.layout} "
+                        f"gradient from objective {i}: the store's Gram and combination need "
+                        "dense gradients. Build the module with sparse=False (nn.Embedding), "
+                        "or use mode='gram_first', which needs only gradient norms."
+                    )
     devices = {p.device for p in params}
     if len(devices) != 1 or not _FLOAT_DTYPE_SET.issuperset(d for d in dtypes if d is not None):
         return as_grads(grads)
@@ -759,7 +773,13 @@ class MultiObjectiveOptimizer:
 
         def sq_norm(loss: torch.Tensor) -> torch.Tensor:
             g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            present = [x for x in g if x is not None]
+            # A sparse gradient (nn.Embedding(sparse=True)) has its norm in its coalesced
+            # values (coalescing sums repeated indices first).
+            present = [
+                x if x.layout is torch.strided else x.coalesce().values()
+                for x in g
+                if x is not None
+            ]
             if not present:
                 return torch.zeros((), dtype=torch.float64, device=device)
             return sum(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 for x in present)

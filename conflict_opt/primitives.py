@@ -134,12 +134,19 @@ def _check_tensor(t: object, where: str) -> torch.Tensor:
         raise ValueError(
             f"{where} must be float16, bfloat16, float32 or float64, got dtype={t.dtype}."
         )
+    if t.layout is not torch.strided:
+        raise ValueError(
+            f"{where} must be a dense (strided) tensor, got layout={t.layout}: sparse gradients "
+            "(e.g. from nn.Embedding(sparse=True)) are not supported; use .to_dense(), or "
+            "build the module with sparse=False."
+        )
     return t
 
 
 _shape_of = operator.attrgetter("shape")
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
+_layout_of = operator.attrgetter("layout")
 # Reading ``is_cpu`` gives a bool; reading ``device`` builds a torch.device object per tensor.
 _is_cpu = operator.attrgetter("is_cpu")
 # Mapped over lists: the unbound methods take the tensor as their argument and build no bound
@@ -160,6 +167,9 @@ def _as_grads_fast(k: int, per_objective: list[tuple[Any, ...]]) -> Grads | None
         dtypes = list(map(_dtype_of, first))
         for seq in per_objective[1:]:
             if list(map(_shape_of, seq)) != shapes or list(map(_dtype_of, seq)) != dtypes:
+                return None
+        for seq in per_objective:  # sparse layouts: the per-slot checks name them
+            if list(map(_layout_of, seq)).count(torch.strided) != len(seq):
                 return None
         if all(all(map(_is_cpu, seq)) for seq in per_objective):
             devices = {_CPU} if first else set()
@@ -229,7 +239,11 @@ def as_grads(grads: GradsLike) -> Grads:
         for i, g in enumerate(slot):
             if g is None:
                 continue
-            if not isinstance(g, torch.Tensor) or g.dtype not in FLOAT_DTYPES:
+            if (
+                not isinstance(g, torch.Tensor)
+                or g.dtype not in FLOAT_DTYPES
+                or g.layout is not torch.strided
+            ):
                 _check_tensor(g, f"`grads[{i}][{t}]`")  # raises, naming the entry
             if g0 is None:
                 g0, i0 = g, i

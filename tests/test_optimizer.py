@@ -827,3 +827,58 @@ def test_add_param_group_takes_part_from_the_next_backward() -> None:
     with pytest.raises(RuntimeError, match="add_param_group between backward and step"):
         opt.add_param_group({"params": wrapped.heads[1].parameters()})
     assert len(opt.param_groups) == 2
+
+
+def _embedding_losses(emb: nn.Embedding, step: int) -> list[torch.Tensor]:
+    idx = torch.tensor([1, 2, 3, 2, 7])[: 3 + step % 3]  # index 2 repeated from step 1 on
+    e = emb(idx)
+    return [e.pow(2).sum(), (e[:, :2] - 1).pow(2).sum(), (e[:, 1:] + 0.5 * e[:, :-1]).sum()]
+
+
+@pytest.mark.parametrize("accumulation", ["per_step", "per_micro_batch"])
+def test_sparse_gradients_in_store_mode_raise_with_nothing_written(accumulation: str) -> None:
+    torch.manual_seed(0)
+    emb, dense = nn.Embedding(10, 4, sparse=True), nn.Linear(4, 1)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD([*dense.parameters(), *emb.parameters()], lr=0.1),
+        accumulation=accumulation,
+    )
+    before = [p.detach().clone() for p in (*dense.parameters(), *emb.parameters())]
+    losses = _embedding_losses(emb, 0)
+    losses[0] = losses[0] + dense(torch.ones(4)).sum()
+    with pytest.raises(ValueError, match=r"parameter 2 \(shape \(10, 4\)\) got a torch.sparse_coo"):
+        opt.step(losses)
+    for p, b in zip((*dense.parameters(), *emb.parameters()), before, strict=True):
+        assert torch.equal(p, b) and p.grad is None
+    assert not opt.optimizer.state
+
+
+def test_gram_first_takes_sparse_gradients_as_their_dense_form() -> None:
+    """Gram-first needs only gradient norms, which the coalesced values of a sparse gradient
+    give (repeated indices summed first): the same Gram and training as the dense module."""
+    runs = {}
+    for sparse in (True, False):
+        torch.manual_seed(0)
+        emb = nn.Embedding(10, 4, sparse=sparse)
+        opt = MultiObjectiveOptimizer(
+            torch.optim.SGD(emb.parameters(), lr=0.05), [0.5, 0.3, 0.2], mode="gram_first"
+        )
+        grams = []
+        for step in range(4):
+            opt.zero_grad()
+            opt.step(_embedding_losses(emb, step))
+            grams.append(opt.last_info["gram"])
+        assert emb.weight.grad.layout == (torch.sparse_coo if sparse else torch.strided)
+        runs[sparse] = (emb.weight.detach().clone(), grams)
+    torch.testing.assert_close(runs[True][0], runs[False][0])
+    for a, b in zip(runs[True][1], runs[False][1], strict=True):
+        # float32 gradients summed in another order (coalescing against index_put_)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # SparseAdam takes sparse gradients only: it runs under the wrapper in this mode.
+    emb = nn.Embedding(10, 4, sparse=True)
+    before = emb.weight.detach().clone()
+    opt = MultiObjectiveOptimizer(torch.optim.SparseAdam(emb.parameters()), mode="gram_first")
+    opt.step(_embedding_losses(emb, 1))
+    assert int(opt.last_info["status"]) == conflict_opt.Status.OPTIMAL
+    changed = (emb.weight != before).any(dim=1)
+    assert changed.tolist() == [i in (1, 2, 3) for i in range(10)]

@@ -385,6 +385,26 @@ class _TensorLike:
             lambda: conflict_opt.combine_([torch.ones(2)], [[torch.ones(2)]], [True]),
             "dtype=torch.bool",
         ),
+        # Sparse layouts: in the first objective, in a later one only (which the
+        # list-at-a-time checks must not pass), as one [K, P] tensor, and as an output.
+        (
+            lambda: conflict_opt.gram([[torch.ones(2).to_sparse()], [torch.ones(2)]]),
+            r"`grads\[0\]\[0\]` must be a dense \(strided\) tensor, got layout=torch.sparse_coo",
+        ),
+        (
+            lambda: conflict_opt.gram(
+                [[torch.ones(2), torch.ones(3)], [torch.ones(2), torch.ones(3).to_sparse()]]
+            ),
+            r"`grads\[1\]\[1\]` must be a dense",
+        ),
+        (
+            lambda: conflict_opt.gram(torch.eye(2).to_sparse()),
+            "`grads` must be a dense .strided. tensor, got layout=torch.sparse_coo",
+        ),
+        (
+            lambda: conflict_opt.combine_([torch.ones(2).to_sparse()], [[torch.ones(2)]], [1.0]),
+            r"`out\[0\]` must be a dense .strided. tensor, got layout=torch.sparse_coo",
+        ),
     ],
 )
 def test_bad_input_raises_naming_the_value(call, match: str) -> None:
