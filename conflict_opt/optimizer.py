@@ -360,6 +360,66 @@ def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, to
     }
 
 
+# The wrapper's part of MultiObjectiveOptimizer.state_dict().
+_WRAPPER_KEYS = frozenset(
+    {
+        "weights",
+        "method",
+        "c",
+        "backend",
+        "primitive_backend",
+        "mode",
+        "store_dtype",
+        "accumulation",
+        "check_finite",
+        "steps",
+    }
+)
+
+
+def _check_options(
+    method: Any,
+    c: Any,
+    backend: Any,
+    primitive_backend: Any,
+    mode: Any,
+    store_dtype: Any,
+    accumulation: Any,
+    check_finite: Any,
+) -> Accumulation:
+    """Check the wrapper's options (from its arguments or a state_dict); returns the
+    accumulation policy, ``None`` resolved to the mode's default."""
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got method={method!r}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got backend={backend!r}.")
+    if primitive_backend not in PRIMITIVE_BACKENDS:
+        raise ValueError(
+            f"`primitive_backend` must be one of {PRIMITIVE_BACKENDS}, got "
+            f"primitive_backend={primitive_backend!r}."
+        )
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < 1.0:
+        raise ValueError(f"`c` must be a real number in [0, 1), got c={c!r}.")
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}, got mode={mode!r}.")
+    if accumulation is None:
+        accumulation = "per_step" if mode == "store" else "per_micro_batch"
+    if accumulation not in ACCUMULATIONS:
+        raise ValueError(
+            f"`accumulation` must be one of {ACCUMULATIONS}, got accumulation={accumulation!r}."
+        )
+    if mode == "gram_first" and accumulation == "per_step":
+        raise ValueError(
+            "mode='gram_first' keeps no per-objective gradients, so it cannot sum them over "
+            "micro-batches: use accumulation='per_micro_batch' or mode='store'."
+        )
+    if store_dtype is not None and store_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"`store_dtype` must be a float dtype or None, got {store_dtype}.")
+    if not isinstance(check_finite, bool):
+        raise ValueError(f"`check_finite` must be a bool, got check_finite={check_finite!r}.")
+    return accumulation
+
+
 def _requires_closure(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` has a ``closure`` parameter without a default
     (``torch.optim.LBFGS``); False where its signature cannot be read."""
@@ -435,32 +495,9 @@ class MultiObjectiveOptimizer:
             raise ValueError(
                 f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
             )
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got method={method!r}.")
-        if backend not in BACKENDS:
-            raise ValueError(f"`backend` must be one of {BACKENDS}, got backend={backend!r}.")
-        if primitive_backend not in PRIMITIVE_BACKENDS:
-            raise ValueError(
-                f"`primitive_backend` must be one of {PRIMITIVE_BACKENDS}, got "
-                f"primitive_backend={primitive_backend!r}."
-            )
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < 1.0:
-            raise ValueError(f"`c` must be a real number in [0, 1), got c={c!r}.")
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got mode={mode!r}.")
-        if accumulation is None:
-            accumulation = "per_step" if mode == "store" else "per_micro_batch"
-        if accumulation not in ACCUMULATIONS:
-            raise ValueError(
-                f"`accumulation` must be one of {ACCUMULATIONS}, got accumulation={accumulation!r}."
-            )
-        if mode == "gram_first" and accumulation == "per_step":
-            raise ValueError(
-                "mode='gram_first' keeps no per-objective gradients, so it cannot sum them over "
-                "micro-batches: use accumulation='per_micro_batch' or mode='store'."
-            )
-        if store_dtype is not None and store_dtype not in FLOAT_DTYPES:
-            raise ValueError(f"`store_dtype` must be a float dtype or None, got {store_dtype}.")
+        accumulation = _check_options(
+            method, c, backend, primitive_backend, mode, store_dtype, accumulation, check_finite
+        )
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(f"`scaler` must be a torch.amp.GradScaler, got {type(scaler)}.")
         self.optimizer = optimizer
@@ -541,20 +578,46 @@ class MultiObjectiveOptimizer:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output: inner optimizer state and wrapper state."""
-        if set(state_dict) != {"optimizer", "wrapper"}:
+        """Restore :meth:`state_dict`'s output: inner optimizer state and wrapper state.
+
+        The wrapper's part is checked as the constructor checks its arguments before anything
+        is loaded, so a bad or foreign state dict raises with both states as they were. A
+        step in progress (``backward`` without ``step``) is kept, as torch keeps ``.grad``.
+        A ``GradScaler`` keeps its own state dict, as in torch.
+        """
+        if not isinstance(state_dict, dict) or set(state_dict) != {"optimizer", "wrapper"}:
+            keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)
             raise ValueError(
                 "expected a MultiObjectiveOptimizer state_dict with keys 'optimizer' and "
-                f"'wrapper', got keys {sorted(state_dict)}."
+                f"'wrapper', got {keys}."
             )
         wrapper = state_dict["wrapper"]
+        if not isinstance(wrapper, dict) or set(wrapper) != _WRAPPER_KEYS:
+            got = sorted(wrapper) if isinstance(wrapper, dict) else type(wrapper).__name__
+            raise ValueError(
+                f"state_dict['wrapper'] must have the keys {sorted(_WRAPPER_KEYS)}, got {got}."
+            )
+        accumulation = _check_options(
+            wrapper["method"],
+            wrapper["c"],
+            wrapper["backend"],
+            wrapper["primitive_backend"],
+            wrapper["mode"],
+            wrapper["store_dtype"],
+            wrapper["accumulation"],
+            wrapper["check_finite"],
+        )
+        weights = _check_weights(wrapper["weights"])
+        steps = wrapper["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"state_dict['wrapper']['steps'] must be an int >= 0, got {steps!r}.")
         self.optimizer.load_state_dict(state_dict["optimizer"])
-        self.weights = _check_weights(wrapper["weights"])
+        self.weights = weights
         self.method, self.c = wrapper["method"], float(wrapper["c"])
         self.backend, self.primitive_backend = wrapper["backend"], wrapper["primitive_backend"]
         self.mode, self.store_dtype = wrapper["mode"], wrapper["store_dtype"]
-        self.accumulation, self.check_finite = wrapper["accumulation"], wrapper["check_finite"]
-        self.steps = int(wrapper["steps"])
+        self.accumulation, self.check_finite = accumulation, wrapper["check_finite"]
+        self.steps = steps
 
     # -------------------------------------------------------------------------- the step
     def _trainable(self) -> list[torch.Tensor]:

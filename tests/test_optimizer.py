@@ -4,6 +4,7 @@ independence, memory modes, accumulation, mixed precision, state round trips, ba
 from __future__ import annotations
 
 import copy
+import io
 from collections.abc import Callable
 
 import pytest
@@ -210,6 +211,7 @@ def test_bad_options_raise() -> None:
         ({"mode": "gram_first", "accumulation": "per_step"}, "per_micro_batch"),
         ({"store_dtype": torch.int8}, "store_dtype"),
         ({"primitive_backend": "cuda"}, "primitive_backend='cuda'"),
+        ({"check_finite": "yes"}, "check_finite='yes'"),
     ]:
         with pytest.raises(ValueError, match=match):
             MultiObjectiveOptimizer(sgd, **kwargs)
@@ -231,10 +233,15 @@ def test_state_dict_round_trip_continues_identically() -> None:
             opt.step(model.losses(x, y))
 
     model = _model()
-    opt = MultiObjectiveOptimizer(torch.optim.Adam(model.parameters(), lr=0.01), [0.6, 0.3, 0.1])
+    opt = MultiObjectiveOptimizer(
+        torch.optim.Adam(model.parameters(), lr=0.01), [0.6, 0.3, 0.1], store_dtype=torch.bfloat16
+    )
     run(model, opt, range(3))
     saved_model = copy.deepcopy(model.state_dict())
-    saved_opt = copy.deepcopy(opt.state_dict())
+    buffer = io.BytesIO()  # through a file, as a checkpoint goes, with torch.load's safe mode
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    saved_opt = torch.load(buffer, weights_only=True)
     run(model, opt, range(3, 6))
 
     fresh = _model(seed=7)
@@ -242,12 +249,53 @@ def test_state_dict_round_trip_continues_identically() -> None:
     opt2 = MultiObjectiveOptimizer(torch.optim.Adam(fresh.parameters(), lr=0.5), method="mgda")
     opt2.load_state_dict(saved_opt)
     assert opt2.method == "cagrad_clip" and opt2.steps == 3
+    assert opt2.store_dtype == torch.bfloat16
     assert opt2.weights.tolist() == [0.6, 0.3, 0.1]
     run(fresh, opt2, range(3, 6))
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="keys"):
         opt2.load_state_dict(saved_opt["optimizer"])
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"method": "pcgrad"}, "method='pcgrad'"),
+        ({"c": 1.5}, "c=1.5"),
+        ({"c": "0.4"}, "c='0.4'"),
+        ({"backend": "gpu"}, "backend='gpu'"),
+        ({"mode": "gram_first", "accumulation": "per_step"}, "per_micro_batch"),
+        ({"store_dtype": torch.int32}, "store_dtype"),
+        ({"check_finite": None}, "check_finite=None"),
+        ({"weights": torch.tensor([0.2, 0.2], dtype=torch.float64)}, "sum to 1"),
+        ({"steps": -1}, r"\['steps'\] must be an int >= 0, got -1"),
+        ({"steps": 2.0}, "got 2.0"),
+        ({"extra": 1}, "must have the keys .* got .*'extra'"),
+        ({"mode": ...}, r"must have the keys .*, got \['accumulation', 'backend', 'c',"),
+    ],
+)
+def test_load_state_dict_refuses_bad_wrapper_state_with_nothing_loaded(change, match) -> None:
+    """A bad or foreign state dict must not leave the inner optimizer loaded and the wrapper
+    half-loaded: everything is checked before anything is loaded."""
+    donor = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.Adam(donor.parameters(), lr=0.01), [0.6, 0.3, 0.1])
+    opt.step(donor.losses(*_data(0)))
+    bad = copy.deepcopy(opt.state_dict())
+    for key, value in change.items():
+        if value is ...:
+            del bad["wrapper"][key]
+        else:
+            bad["wrapper"][key] = value
+
+    model = _model(seed=1)
+    target = MultiObjectiveOptimizer(torch.optim.Adam(model.parameters(), lr=0.5), method="mgda")
+    before = copy.deepcopy(target.state_dict())
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(bad)
+    after = target.state_dict()
+    assert after["optimizer"] == before["optimizer"] and not target.optimizer.state
+    assert after["wrapper"] == before["wrapper"]
 
 
 def test_store_modes_agree() -> None:
