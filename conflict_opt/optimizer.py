@@ -449,7 +449,7 @@ class MultiObjectiveOptimizer:
         optimizer: any ``torch.optim.Optimizer`` instance (its param groups, LR schedulers and
             state stay its own: attach schedulers to ``opt.optimizer``).
         weights: ``[K]`` user weights on the simplex; default uniform over however many
-            losses are passed.
+            losses are passed. ``opt.weights = ...`` changes them between steps.
         method, c, backend: as for :func:`conflict_opt.solve` (``"cagrad_clip"``, RACO).
         primitive_backend: backend of the Gram and combination primitives.
         mode: ``"store"`` (default) keeps the K per-objective gradients, one store of K×P
@@ -502,6 +502,8 @@ class MultiObjectiveOptimizer:
             raise ValueError(f"`scaler` must be a torch.amp.GradScaler, got {type(scaler)}.")
         self.optimizer = optimizer
         self._needs_closure = _requires_closure(optimizer)
+        self._weights: torch.Tensor | None = None
+        self._weights_version: int | None = None
         self.weights = _check_weights(weights)
         self.method, self.c, self.backend = method, float(c), backend
         self.primitive_backend = primitive_backend
@@ -523,6 +525,41 @@ class MultiObjectiveOptimizer:
         # Any Gram of this step non-finite: a device tensor, or False from the fused path.
         self._nonfinite: torch.Tensor | bool | None = None
         self.steps = 0
+
+    # ------------------------------------------------------------------ the user's weights
+    @property
+    def weights(self) -> torch.Tensor | None:
+        """The ``[K]`` weights (float64, CPU), or None for uniform over the losses passed.
+
+        Assign new ones at any step (a weight schedule): they are checked as the constructor
+        checks them. A float64 CPU tensor passed in is kept, not copied, so changing it in
+        place changes the weights too; such a change is checked at the next ``backward``
+        (``Tensor._version`` counts in-place changes) and raises there if it left the simplex.
+        """
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: torch.Tensor | Sequence[float] | None) -> None:
+        w = _check_weights(value)
+        self._weights = w
+        self._weights_version = None if w is None else w._version
+
+    def _checked_weights(self, k: int) -> torch.Tensor | None:
+        """The weights for K losses, re-checked if changed in place since the last check."""
+        w = self._weights
+        if w is None:
+            return None
+        if w._version != self._weights_version:
+            try:
+                _check_weights(w)
+            except ValueError as err:
+                raise ValueError(
+                    f"the weights were changed in place to {w.tolist()}: {err}"
+                ) from None
+            self._weights_version = w._version
+        if w.numel() != k:
+            raise ValueError(f"got {k} losses for {w.numel()} weights.")
+        return w
 
     # ------------------------------------------------------------------ torch.optim interface
     @property
@@ -653,8 +690,7 @@ class MultiObjectiveOptimizer:
                     f"loss {k} does not require grad (was it computed under no_grad?)."
                 )
         k = len(items)
-        if self.weights is not None and self.weights.numel() != k:
-            raise ValueError(f"got {k} losses for {self.weights.numel()} weights.")
+        self._checked_weights(k)
         if self._k is not None and self._k != k:
             raise ValueError(
                 f"got {k} losses, but the earlier micro-batches of this step had {self._k}."

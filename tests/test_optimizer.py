@@ -930,3 +930,47 @@ def test_gram_first_takes_sparse_gradients_as_their_dense_form() -> None:
     assert int(opt.last_info["status"]) == conflict_opt.Status.OPTIMAL
     changed = (emb.weight != before).any(dim=1)
     assert changed.tolist() == [i in (1, 2, 3) for i in range(10)]
+
+
+def test_weights_can_be_reassigned_or_changed_in_place_and_are_checked() -> None:
+    """A weight schedule: new weights (assigned, or written into the tensor passed in) take
+    effect at the next step, and weights off the simplex raise before anything is written."""
+    model = _model()
+    w = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), w)
+    assert opt.weights.data_ptr() == w.data_ptr()  # kept, not copied
+
+    def coeffs_match(expected: list[float]) -> None:
+        info = opt.last_info
+        ref = conflict_opt.solve(info["gram"], torch.tensor(expected, dtype=torch.float64))
+        torch.testing.assert_close(info["coeffs"], ref.coeffs)
+
+    opt.step(model.losses(*_data(0)))
+    coeffs_match([0.6, 0.3, 0.1])
+    w.copy_(
+        torch.tensor([0.2, 0.2, 0.6], dtype=torch.float64)
+    )  # in place: the cached solve options must not stay
+    opt.step(model.losses(*_data(1)))
+    coeffs_match([0.2, 0.2, 0.6])
+    opt.weights = [0.1, 0.1, 0.8]
+    assert opt.weights.dtype == torch.float64 and opt.weights.tolist() == [0.1, 0.1, 0.8]
+    opt.step(model.losses(*_data(2)))
+    coeffs_match([0.1, 0.1, 0.8])
+
+    with pytest.raises(ValueError, match="sum to 1"):
+        opt.weights = [0.5, 0.5, 0.5]
+    assert opt.weights.tolist() == [0.1, 0.1, 0.8]  # unchanged
+    opt.weights = w
+    w[2] = 0.9  # off the simplex, in place
+    before = _params(model)
+    opt.zero_grad()
+    with pytest.raises(ValueError, match=r"changed in place to \[0.2, 0.2, 0.9\]: .*sum to 1"):
+        opt.step(model.losses(*_data(3)))
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b) and a.grad is None
+    w[2] = 0.6
+    opt.step(model.losses(*_data(3)))
+    coeffs_match([0.2, 0.2, 0.6])
+    opt.weights = None  # uniform over however many losses come
+    opt.step(model.losses(*_data(4))[:2])
+    coeffs_match([0.5, 0.5])
