@@ -522,6 +522,9 @@ class MultiObjectiveOptimizer:
         # _native_solve's answer: (options, weights, their _version, answer).
         self._solve_args: tuple[tuple, Any, int | None, Any] | None = None
         self._pending = False  # backward ran since the last step
+        # aggregate() wrote .grad for this step; the non-finite flag of its solves.
+        self._aggregated = False
+        self._aggregated_nonfinite: torch.Tensor | bool | None = None
         # Any Gram of this step non-finite: a device tensor, or False from the fused path.
         self._nonfinite: torch.Tensor | bool | None = None
         self.steps = 0
@@ -577,7 +580,7 @@ class MultiObjectiveOptimizer:
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """The inner optimizer's ``add_param_group``; its parameters take part from the next
         ``backward`` on (the trainable set is read at each one)."""
-        if self._pending:
+        if self._pending or self._aggregated:
             raise RuntimeError(
                 "add_param_group between backward and step: the gradients gathered for this "
                 "step do not cover the new parameters; call it before backward or after step."
@@ -595,6 +598,8 @@ class MultiObjectiveOptimizer:
         self._k = None
         self._pending = False
         self._nonfinite = None
+        self._aggregated = False
+        self._aggregated_nonfinite = None
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state and the wrapper's (weights, options, counters)."""
@@ -736,8 +741,34 @@ class MultiObjectiveOptimizer:
             ValueError: a non-scalar loss, a loss without grad, or a number of losses that
                 does not match the weights or the earlier micro-batches of this step.
             FloatingPointError: a NaN/Inf loss (with ``check_finite``); nothing is written.
+            RuntimeError: :meth:`aggregate` already wrote ``.grad`` for this step.
         """
+        if self._aggregated:
+            raise RuntimeError(
+                "aggregate() already wrote .grad for this step: call step() before the next "
+                "backward, or zero_grad() to drop it."
+            )
         self._gather(self._losses(losses))
+
+    def aggregate(self) -> None:
+        """Solve and write Σ_k a_k g_k into ``.grad`` now, without the inner step, so that
+        ``.grad`` can be read or changed first: gradient clipping, logging its norm. ``step()``
+        then runs only the inner step (skipping it as usual for a non-finite Gram).
+
+        In store mode ``backward`` writes no ``.grad`` (it keeps the K gradients for the
+        solve), so ``torch.nn.utils.clip_grad_norm_`` between ``backward`` and ``step`` would
+        find nothing to clip; call this first. With a ``GradScaler`` the ``.grad`` written is
+        scaled: call ``scaler.unscale_(opt.optimizer)`` before clipping, as in torch.
+
+        Raises:
+            RuntimeError: no ``backward`` since the last step, or ``aggregate`` already ran.
+        """
+        if self._aggregated:
+            raise RuntimeError("aggregate() already ran for this step: call step() next.")
+        if not self._pending:
+            raise RuntimeError("call backward(losses) before aggregate().")
+        nonfinite = self._write()
+        self._aggregated, self._aggregated_nonfinite = True, nonfinite
 
     def _gather(self, items: list[torch.Tensor]) -> None:
         k = len(items)
@@ -942,7 +973,8 @@ class MultiObjectiveOptimizer:
         *,
         closure: Callable[[], Any] | None = None,
     ) -> Any:
-        """Solve (if not done per micro-batch), write ``.grad`` and call the inner step.
+        """Solve and write ``.grad`` (unless done per micro-batch or by :meth:`aggregate`),
+        then call the inner step.
 
         Args:
             losses: shortcut for ``backward(losses)`` first. A callable here is taken as
@@ -985,9 +1017,13 @@ class MultiObjectiveOptimizer:
             )
         if losses is not None:
             self.backward(losses)
-        if not self._pending:
+        if self._aggregated:  # .grad written by aggregate()
+            nonfinite = self._aggregated_nonfinite
+            self._aggregated, self._aggregated_nonfinite = False, None
+        elif not self._pending:
             raise RuntimeError("call backward(losses) (or step(losses)) before step().")
-        nonfinite = self._write()
+        else:
+            nonfinite = self._write()
         if self.scaler is not None:
             # GradScaler unscales .grad, checks it for inf/NaN and skips the inner step if so;
             # whether it did is its own record (scaler.get_scale() drops after a skip), so
@@ -1030,7 +1066,7 @@ class MultiObjectiveOptimizer:
             raise ValueError("got both `losses` and a `closure`: the closure returns the losses.")
         if not callable(closure):
             raise ValueError(f"`closure` must be callable, got {type(closure).__name__}.")
-        if self._pending:
+        if self._pending or self._aggregated:
             raise RuntimeError(
                 "backward(losses) already ran for this step, and step(closure=...) gathers its "
                 "own gradients: call step() to use them, or zero_grad() to drop them."

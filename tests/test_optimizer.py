@@ -974,3 +974,90 @@ def test_weights_can_be_reassigned_or_changed_in_place_and_are_checked() -> None
     opt.weights = None  # uniform over however many losses come
     opt.step(model.losses(*_data(4))[:2])
     coeffs_match([0.5, 0.5])
+
+
+def _clip_run(scaler: torch.amp.GradScaler | None, max_norm: float) -> tuple[Net, list]:
+    """Three steps of backward, aggregate, (unscale,) clip, step; the .grad norms before the
+    clip, as clip_grad_norm_ reports them."""
+    model = _model()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), [0.5, 0.3, 0.2], scaler=scaler
+    )
+    norms = []
+    for step in range(3):
+        opt.zero_grad()
+        opt.backward(model.losses(*_data(step)))
+        opt.aggregate()
+        assert "coeffs" in opt.last_info and "skipped" not in opt.last_info
+        if scaler is not None:
+            scaler.unscale_(opt.optimizer)
+        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        opt.step()
+        if scaler is not None:
+            scaler.update()
+    return model, norms
+
+
+def test_aggregate_writes_grad_for_clipping_before_the_step() -> None:
+    """aggregate() writes what step() would, so that clip_grad_norm_ acts on it; step() then
+    runs the inner step on the clipped .grad. Through a GradScaler (unscale_ first, as in
+    torch) the result is the same."""
+    direct = _model()
+    opt_direct = MultiObjectiveOptimizer(
+        torch.optim.SGD(direct.parameters(), lr=0.1), [0.5, 0.3, 0.2]
+    )
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [0.5, 0.3, 0.2])
+    opt.backward(model.losses(*_data(0)))
+    opt.aggregate()
+    opt_direct.step(direct.losses(*_data(0)))
+    before = _params(model)
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    direct_grads = [p.grad for p in direct.parameters() if p.grad is not None]
+    assert len(grads) == len(direct_grads) > 0
+    assert all(torch.equal(a, b) for a, b in zip(grads, direct_grads, strict=True))
+    opt.step()
+    assert not bool(opt.last_info["skipped"]) and opt.steps == 1
+    for a, b in zip(model.parameters(), direct.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+
+    plain, norms = _clip_run(None, max_norm=0.05)
+    assert all(float(n) > 0.05 for n in norms)  # the clip acted at every step
+    unclipped, _ = _clip_run(None, max_norm=1e9)
+    assert any(
+        not torch.allclose(a, b)
+        for a, b in zip(plain.parameters(), unclipped.parameters(), strict=True)
+    )
+    scaled, scaled_norms = _clip_run(torch.amp.GradScaler("cpu", init_scale=2.0**8), 0.05)
+    torch.testing.assert_close(torch.stack(scaled_norms), torch.stack(norms))
+    for a, b in zip(plain.parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_aggregate_misuse_raises_and_nonfinite_still_skips() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match=r"backward\(losses\) before aggregate"):
+        opt.aggregate()
+    opt.backward(model.losses(*_data(0)))
+    opt.aggregate()
+    with pytest.raises(RuntimeError, match=r"aggregate\(\) already ran"):
+        opt.aggregate()
+    with pytest.raises(RuntimeError, match=r"aggregate\(\) already wrote \.grad"):
+        opt.backward(model.losses(*_data(1)))
+    with pytest.raises(RuntimeError, match="already ran for this step"):
+        opt.step(closure=lambda: model.losses(*_data(1)))
+    with pytest.raises(RuntimeError, match="add_param_group between backward and step"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
+    opt.zero_grad()  # drops the aggregated step: backward works again
+    before = _params(model)
+    model.trunk.weight.register_hook(lambda g: g * float("inf"))
+    opt.backward(model.losses(*_data(1)))
+    opt.aggregate()
+    opt.step()
+    assert bool(opt.last_info["skipped"])
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="before step"):
+        opt.step()  # the aggregated step was consumed
