@@ -734,8 +734,16 @@ class MultiObjectiveOptimizer:
         scale = self.scaler._get_scale_async()  # private, but get_scale() reads to the host
         return h / scale.to(h.dtype) ** 2
 
-    def backward(self, losses: Sequence[torch.Tensor] | torch.Tensor) -> None:
+    def backward(
+        self, losses: Sequence[torch.Tensor] | torch.Tensor, *, retain_graph: bool = False
+    ) -> None:
         """Gather the per-objective gradients of ``losses`` (one micro-batch).
+
+        Args:
+            losses: K scalar losses, as a sequence or a ``[K]`` tensor.
+            retain_graph: keep the graph after the last pass, as ``Tensor.backward``'s
+                option does (e.g. for another backward through it afterwards). The graph is
+                always kept between the K passes and freed after the last one by default.
 
         Raises:
             ValueError: a non-scalar loss, a loss without grad, or a number of losses that
@@ -748,7 +756,9 @@ class MultiObjectiveOptimizer:
                 "aggregate() already wrote .grad for this step: call step() before the next "
                 "backward, or zero_grad() to drop it."
             )
-        self._gather(self._losses(losses))
+        if not isinstance(retain_graph, bool):
+            raise ValueError(f"`retain_graph` must be a bool, got retain_graph={retain_graph!r}.")
+        self._gather(self._losses(losses), retain_graph)
 
     def aggregate(self) -> None:
         """Solve and write Σ_k a_k g_k into ``.grad`` now, without the inner step, so that
@@ -770,7 +780,7 @@ class MultiObjectiveOptimizer:
         nonfinite = self._write()
         self._aggregated, self._aggregated_nonfinite = True, nonfinite
 
-    def _gather(self, items: list[torch.Tensor]) -> None:
+    def _gather(self, items: list[torch.Tensor], retain_graph: bool = False) -> None:
         k = len(items)
         params = self._trainable()
         if not params:
@@ -779,9 +789,9 @@ class MultiObjectiveOptimizer:
             )
         self._k = k
         if self.mode == "gram_first":
-            self._gram_first(items, params)
+            self._gram_first(items, params, retain_graph)
         else:
-            grads = self._gradients(items, params)
+            grads = self._gradients(items, params, retain_graph)
             if self.accumulation == "per_micro_batch":
                 self._solve_and_write(params, grads, accumulate=True)
             else:
@@ -789,7 +799,7 @@ class MultiObjectiveOptimizer:
         self._pending = True
 
     def _gradients(
-        self, items: list[torch.Tensor], params: list[torch.Tensor]
+        self, items: list[torch.Tensor], params: list[torch.Tensor], retain_graph: bool = False
     ) -> list[list[torch.Tensor | None]]:
         """One ``autograd.grad`` per objective; the graph is kept until the last one's pass.
 
@@ -804,10 +814,11 @@ class MultiObjectiveOptimizer:
         dtype = self.store_dtype
         convert = dtype is not None and any(p.dtype != dtype for p in params)
         grads: list[list[torch.Tensor | None]] = []
+        last = len(items) - 1
         for i, loss in enumerate(items):
             g = list(
                 torch.autograd.grad(
-                    loss, params, retain_graph=i < len(items) - 1, allow_unused=True
+                    loss, params, retain_graph=retain_graph or i < last, allow_unused=True
                 )
             )
             if convert:
@@ -897,7 +908,9 @@ class MultiObjectiveOptimizer:
             cached = self._solve_args = (key, w, version, args)
         return cached[3]
 
-    def _gram_first(self, items: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+    def _gram_first(
+        self, items: list[torch.Tensor], params: list[torch.Tensor], retain_graph: bool = False
+    ) -> None:
         k = len(items)
         device = items[0].device
 
@@ -926,7 +939,8 @@ class MultiObjectiveOptimizer:
         coeffs = result.coeffs.to(items[0].dtype)
         total = (torch.stack(items) * coeffs).sum()
         if params:
-            total.backward(inputs=params)  # accumulates Σ a_k g_k into .grad; frees the graph
+            # Accumulates Σ a_k g_k into .grad; frees the graph unless asked to keep it.
+            total.backward(inputs=params, retain_graph=retain_graph)
         self._record(Aggregation(result, h), k)
 
     def _record(self, agg: Aggregation | _Deferred, k: int) -> None:

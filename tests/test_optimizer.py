@@ -1061,3 +1061,21 @@ def test_aggregate_misuse_raises_and_nonfinite_still_skips() -> None:
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="before step"):
         opt.step()  # the aggregated step was consumed
+
+
+@pytest.mark.parametrize("mode", ["store", "gram_first"])
+def test_backward_retain_graph_keeps_the_graph_for_another_backward(mode: str) -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), mode=mode)
+    losses = model.losses(*_data(0))
+    opt.backward(losses, retain_graph=True)
+    extra = torch.autograd.grad(losses[0], model.trunk.weight)  # the graph is still there
+    assert extra[0].shape == model.trunk.weight.shape
+    opt.step()
+    losses = model.losses(*_data(1))
+    opt.zero_grad()
+    opt.backward(losses)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(losses[0], model.trunk.weight)
+    with pytest.raises(ValueError, match="retain_graph=1"):
+        opt.backward(model.losses(*_data(2)), retain_graph=1)
