@@ -254,21 +254,21 @@ def _own_grads(params: list[torch.Tensor], grads: list[list[torch.Tensor | None]
     a small model."""
     slots = tuple(zip(*grads, strict=True))
     dtypes: list[torch.dtype | None] = []
-    dense = True
-    for slot in slots:
+    for t, slot in enumerate(slots):
         present = [x for x in slot if x is not None]
         dtypes.append(present[0].dtype if present else None)
-        dense = dense and all(x.layout is torch.strided for x in present)
-    if not dense:
-        for t, slot in enumerate(slots):
-            for i, x in enumerate(slot):
-                if x is not None and x.layout is not torch.strided:
-                    raise ValueError(
-                        f"parameter {t} (shape {tuple(params[t].shape)}) got a {x.layout} "
-                        f"gradient from objective {i}: the store's Gram and combination need "
-                        "dense gradients. Build the module with sparse=False (nn.Embedding), "
-                        "or use mode='gram_first', which needs only gradient norms."
-                    )
+        if not all(x.layout is torch.strided for x in present):
+            i, x = next(
+                (i, x)
+                for i, x in enumerate(slot)
+                if x is not None and x.layout is not torch.strided
+            )
+            raise ValueError(
+                f"parameter {t} (shape {tuple(params[t].shape)}) got a {x.layout} "
+                f"gradient from objective {i}: the store's Gram and combination need "
+                "dense gradients. Build the module with sparse=False (nn.Embedding), "
+                "or use mode='gram_first', which needs only gradient norms."
+            )
     devices = {p.device for p in params}
     if len(devices) != 1 or not _FLOAT_DTYPE_SET.issuperset(d for d in dtypes if d is not None):
         return as_grads(grads)
