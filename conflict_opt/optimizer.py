@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from . import _distributed
 from ._types import BACKENDS, FLOAT_DTYPES, METHODS, Backend, Method, SolveResult
 from .diagnostics import diagnostics
 from .primitives import (
@@ -472,6 +473,13 @@ class MultiObjectiveOptimizer:
             of the K losses per ``backward``), and skip a step whose Gram is non-finite
             without a scaler (one read of the K×K Gram per solve). False: no host reads at
             all; non-finite values then propagate.
+        process_group: data parallelism. Each rank's per-objective gradients are averaged
+            across this ``torch.distributed`` process group before the Gram, so that every
+            rank solves the same problem and takes the same step (docs/optimizer.md, "Data
+            parallelism"). Default: torch.distributed's default group when it is initialised
+            with more than one rank, as ``DistributedDataParallel`` defaults to it; a group
+            of one rank turns averaging off. Use it instead of ``DistributedDataParallel``,
+            whose reducer never sees the wrapper's per-objective passes.
 
     ``last_info`` holds the diagnostics of the last solve as a dict of device tensors.
     """
@@ -490,6 +498,7 @@ class MultiObjectiveOptimizer:
         accumulation: Accumulation | None = None,
         scaler: torch.amp.GradScaler | None = None,
         check_finite: bool = True,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(
@@ -509,6 +518,7 @@ class MultiObjectiveOptimizer:
         self.primitive_backend = primitive_backend
         self.mode, self.store_dtype, self.accumulation = mode, store_dtype, accumulation
         self.scaler, self.check_finite = scaler, check_finite
+        self._group = _distributed.resolve_group(process_group)
         self._info: dict[str, torch.Tensor] = {}
         self._info_source: tuple[Aggregation | _Deferred, list[float] | None, int] | None = None
         # The last step's, when it decided; a tensor only when last_info is read (creating one
@@ -546,6 +556,17 @@ class MultiObjectiveOptimizer:
         w = _check_weights(value)
         self._weights = w
         self._weights_version = None if w is None else w._version
+
+    @property
+    def process_group(self) -> Any | None:
+        """The process group across which per-objective gradients are averaged, or None
+        (single process, or a group of one rank)."""
+        return self._group
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks whose gradients each step averages (1 without averaging)."""
+        return 1 if self._group is None else _distributed.dist.get_world_size(self._group)
 
     def _checked_weights(self, k: int) -> torch.Tensor | None:
         """The weights for K losses, re-checked if changed in place since the last check."""
@@ -709,7 +730,17 @@ class MultiObjectiveOptimizer:
                 stacked = torch.stack([loss.detach().reshape(()).float() for loss in items])
                 finite = bool(torch.isfinite(stacked).all())
                 values = stacked.tolist() if not finite else []
-            if not finite:
+            if self._group is not None:
+                # Every rank raises if any does: one alone would leave the others waiting.
+                bad = _distributed.nonfinite_ranks(finite, self._group, items[0].device)
+                if bad:
+                    if not values:
+                        values = [float(loss.detach()) for loss in items]
+                    raise FloatingPointError(
+                        f"non-finite loss on {bad} of {self.world_size} ranks (this rank's "
+                        f"losses={values}); nothing was computed or written on any rank."
+                    )
+            elif not finite:
                 raise FloatingPointError(
                     f"non-finite loss: losses={values}; nothing was computed or written."
                 )
@@ -793,6 +824,8 @@ class MultiObjectiveOptimizer:
         else:
             grads = self._gradients(items, params, retain_graph)
             if self.accumulation == "per_micro_batch":
+                if self._group is not None:
+                    grads = self._average(params, grads)
                 self._solve_and_write(params, grads, accumulate=True)
             else:
                 self._keep(params, grads)
@@ -860,13 +893,18 @@ class MultiObjectiveOptimizer:
         grads: list[list[torch.Tensor | None]],
         accumulate: bool,
         reuse: bool = False,
+        steal: bool = True,
     ) -> None:
         k = len(grads)
         gram_values = None
         if reuse and not accumulate and params and params[0].is_cpu and not self._scaling():
             # The wrapper's own store on CPU: the fused step in one pass over it.
             args = self._native_solve_cached(k)
-            done = None if args is None else _step_store(params, grads, self.store_dtype, *args)
+            done = (
+                None
+                if args is None
+                else _step_store(params, grads, self.store_dtype, *args, steal=steal)
+            )
             if done is not None:
                 gram_values, answer, fresh = done
                 if answer is not None:
@@ -887,11 +925,20 @@ class MultiObjectiveOptimizer:
             backend=self.backend,
             primitive_backend=self.primitive_backend,
             accumulate=accumulate,
-            reuse=reuse,
+            reuse=reuse and steal,
             unscale=self._unscale if self._scaling() else None,
             gram_values=gram_values,
         )
         self._record(agg, k)
+
+    def _average(
+        self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]
+    ) -> list[list[torch.Tensor | None]]:
+        """The per-objective gradients averaged across the process group
+        (:func:`conflict_opt._distributed.average`); the entries of ``grads`` are dropped."""
+        dtype = self.store_dtype if self.mode == "store" else None
+        dtypes = [p.dtype if dtype is None else dtype for p in params]
+        return _distributed.average(params, grads, dtypes, self._group)
 
     def _native_solve_cached(self, k: int) -> tuple[list[float], tuple] | None:
         """:func:`_native_solve` on CPU for this wrapper's options, kept while they and the
@@ -916,6 +963,8 @@ class MultiObjectiveOptimizer:
 
         def sq_norm(loss: torch.Tensor) -> torch.Tensor:
             g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            if self._group is not None:
+                g = self._average(params, [list(g)])[0]
             # A sparse gradient (nn.Embedding(sparse=True)) has its norm in its coalesced
             # values (coalescing sums repeated indices first).
             present = [
@@ -938,7 +987,18 @@ class MultiObjectiveOptimizer:
         result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
         coeffs = result.coeffs.to(items[0].dtype)
         total = (torch.stack(items) * coeffs).sum()
-        if params:
+        if params and self._group is not None:
+            # Averaged before it reaches .grad (a backward() would also fire the hooks of a
+            # DistributedDataParallel module, which would average .grad a second time).
+            g = torch.autograd.grad(total, params, retain_graph=retain_graph, allow_unused=True)
+            for p, x in zip(params, self._average(params, [list(g)])[0], strict=True):
+                if x is None:
+                    continue
+                if p.grad is None:
+                    p.grad = x  # a view of this pass's one buffer, which only .grad holds
+                else:
+                    p.grad.add_(x)
+        elif params:
             # Accumulates Σ a_k g_k into .grad; frees the graph unless asked to keep it.
             total.backward(inputs=params, retain_graph=retain_graph)
         self._record(Aggregation(result, h), k)
@@ -1069,8 +1129,16 @@ class MultiObjectiveOptimizer:
             else:
                 params = [p for p in self._store if p.requires_grad]
                 grads = [[self._store[p][i] for p in params] for i in range(self._k or 0)]
-            # The store is the wrapper's own and is dropped below: its tensors may become .grad.
-            self._solve_and_write(params, grads, accumulate=False, reuse=True)
+            shared = self._group is not None
+            if shared:
+                # The lists above become the only holders of the local gradients, which
+                # _average drops as it packs them.
+                self._first = None
+                self._store.clear()
+                grads = self._average(params, grads)
+            # The store is the wrapper's own and is dropped below: its tensors may become .grad
+            # (not views of the averaged buffers, which would keep all K alive).
+            self._solve_and_write(params, grads, accumulate=False, reuse=True, steal=not shared)
         nonfinite = self._nonfinite
         self._reset()
         return nonfinite
@@ -1106,6 +1174,8 @@ class MultiObjectiveOptimizer:
             device = items[0].device
             w = self._weights_for(len(items), device)
             value = torch.stack([loss.detach().to(device, torch.float64) for loss in items]) @ w
+            if self._group is not None:  # the inner optimizer's line search: the same everywhere
+                value = _distributed.mean_of(value, self._group)
             return value, nonfinite
 
         value, nonfinite = evaluate(again=False)
@@ -1126,5 +1196,6 @@ class MultiObjectiveOptimizer:
     def __repr__(self) -> str:
         return (
             f"MultiObjectiveOptimizer({type(self.optimizer).__name__}, method={self.method!r}, "
-            f"c={self.c}, mode={self.mode!r}, accumulation={self.accumulation!r})"
+            f"c={self.c}, mode={self.mode!r}, accumulation={self.accumulation!r}"
+            + (f", world_size={self.world_size})" if self._group is not None else ")")
         )

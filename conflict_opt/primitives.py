@@ -915,6 +915,7 @@ def _step_store(
     store_dtype: torch.dtype | None,
     weights: list[float],
     options: tuple,
+    steal: bool = True,
 ) -> tuple[list[float], tuple | None, list[tuple[torch.Tensor, torch.Tensor]]] | None:
     """:func:`_step_native` for ``MultiObjectiveOptimizer``'s own store, overwriting ``.grad``:
     what ``_own_grads``, ``_outputs`` and :func:`_step_native` find out in some ten passes
@@ -932,7 +933,8 @@ def _step_store(
 
     Returns the K·K Gram values, the solve's answer (``None`` where the C solve hands the
     problem back, and then nothing was written) and the (parameter, tensor) pairs still to be
-    assigned as ``.grad``.
+    assigned as ``.grad``. ``steal=False``: every missing ``.grad`` is a fresh tensor (the
+    store's tensors are views of a larger buffer, which a ``.grad`` would keep alive).
     """
     if _native is None or len(grads) > _native.HOST_MAX_K or not _use_native(_CPU):
         return None
@@ -948,7 +950,7 @@ def _step_store(
     kinds = _NATIVE_KIND
     for p, *slot in zip(params, *grads, strict=True):
         out = p.grad
-        steal = out is None and (store_dtype is None or store_dtype == p.dtype)
+        take = steal and out is None and (store_dtype is None or store_dtype == p.dtype)
         row = []
         reached = False
         for x in slot:
@@ -957,8 +959,8 @@ def _step_store(
                 continue
             if not x.is_contiguous():
                 return None
-            if steal and _sole_owner(x):
-                out, steal = x, False
+            if take and _sole_owner(x):
+                out, take = x, False
                 fresh.append((p, x))
             row.append(x.data_ptr())  # 0 for a zero-size tensor too: no value is read
             reached = True

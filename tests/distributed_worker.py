@@ -1,0 +1,200 @@
+"""The ranks of tests/test_distributed.py: a model, its sharded data, and scenarios that each
+rank runs through ``MultiObjectiveOptimizer`` in a gloo process group on CPU.
+
+Spawned processes import this module by name, so it holds no test and no fixture. Each rank
+saves ``{scenario: result}`` with ``torch.save``; a scenario that raises records the exception's
+type and message instead, so that the parent test reports it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import conflict_opt
+
+K = 3
+WEIGHTS = [0.5, 0.3, 0.2]
+STEPS = 3
+
+
+class Net(nn.Module):
+    """A shared trunk and one head per objective, plus three awkward parameters: ``extra``,
+    which objective 1 reaches on shard 0 only, ``unused``, which nothing reaches, and the
+    zero-size ``empty``."""
+
+    def __init__(self, k: int = K) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8))
+        self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(k))
+        self.extra = nn.Parameter(torch.randn(4))
+        self.unused = nn.Parameter(torch.randn(3))
+        self.empty = nn.Parameter(torch.zeros(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+
+def shard_losses(
+    model: nn.Module, net: Net, step: int, shard: int, micro: int = 0
+) -> list[torch.Tensor]:
+    """The K losses of one shard's micro-batch (means over 8 rows). ``model`` runs the
+    forward (``net`` itself, or a ``DistributedDataParallel`` around it)."""
+    gen = torch.Generator().manual_seed(10_000 * step + 100 * shard + micro)
+    x = torch.randn(8, 6, generator=gen)
+    y = torch.randn(len(net.heads), 8, 1, generator=gen)
+    z = model(x)
+    losses = [((head(z) - y[i]) ** 2).mean() for i, head in enumerate(net.heads)]
+    if shard == 0:
+        losses[1] = losses[1] + 0.1 * (net.extra**2).sum()
+    return losses
+
+
+def params_of(net: Net) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+def grads_of(net: Net) -> dict[str, torch.Tensor | None]:
+    return {
+        name: None if p.grad is None else p.grad.detach().clone()
+        for name, p in net.named_parameters()
+    }
+
+
+def train(
+    rank: int,
+    *,
+    optimizer: str = "sgd",
+    micro_batches: int = 1,
+    ddp: bool = False,
+    steps: int = STEPS,
+    **options: Any,
+) -> dict[str, Any]:
+    net = Net()
+    model = nn.parallel.DistributedDataParallel(net) if ddp else net
+    if optimizer == "sgd":
+        inner = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    else:
+        inner = torch.optim.Adam(net.parameters(), lr=0.01)
+    opt = conflict_opt.MultiObjectiveOptimizer(inner, WEIGHTS, **options)
+    for step in range(steps):
+        opt.zero_grad()
+        for m in range(micro_batches):
+            opt.backward(shard_losses(model, net, step, rank, m))
+        opt.step()
+    info = opt.last_info
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    storages = {g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads}
+    return {
+        # What the .grad tensors keep alive beyond themselves (views of the K averaged
+        # buffers would keep all of them).
+        "grad_bytes": (sum(storages.values()), sum(g.numel() * g.element_size() for g in grads)),
+        "params": params_of(net),
+        "grads": grads_of(net),
+        "coeffs": info["coeffs"].clone(),
+        "gram": info["gram"].clone(),
+        "world_size": opt.world_size,
+        "is_world": opt.process_group is dist.group.WORLD,
+        "repr": repr(opt),
+    }
+
+
+def nan_step(rank: int) -> dict[str, Any]:
+    """Rank 1's losses are NaN at the second step: both ranks must raise, write nothing, and
+    go on training together."""
+    net = Net()
+    opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), WEIGHTS)
+    opt.step(shard_losses(net, net, 0, rank))
+    before = params_of(net)
+    losses = shard_losses(net, net, 1, rank)
+    if rank == 1:
+        losses[2] = losses[2] * float("nan")
+    error = None
+    try:
+        opt.zero_grad()
+        opt.backward(losses)
+    except FloatingPointError as err:
+        error = str(err)
+    untouched = all(torch.equal(before[n], p) for n, p in params_of(net).items())
+    opt.zero_grad()
+    opt.step(shard_losses(net, net, 2, rank))
+    return {"error": error, "untouched": untouched, "params": params_of(net)}
+
+
+def mismatch(rank: int) -> dict[str, Any]:
+    """Rank 1 trains one parameter fewer: every rank must raise, none may hang."""
+    net = Net()
+    if rank == 1:
+        net.extra.requires_grad_(False)
+    opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), WEIGHTS)
+    try:
+        opt.step(shard_losses(net, net, 0, rank))
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
+def closure(rank: int) -> dict[str, Any]:
+    """LBFGS with a strong-Wolfe line search: its decisions read the closure's value, which
+    must be the same on every rank for the replicas to stay identical."""
+    net = Net()
+    inner = torch.optim.LBFGS(net.parameters(), lr=0.5, max_iter=5, line_search_fn="strong_wolfe")
+    opt = conflict_opt.MultiObjectiveOptimizer(inner, WEIGHTS)
+    values = [float(opt.step(lambda s=s: shard_losses(net, net, s, rank))) for s in range(2)]
+    return {"params": params_of(net), "values": values}
+
+
+def local_group(rank: int) -> dict[str, Any]:
+    """A group of one rank turns averaging off: each rank trains on its own shard."""
+    group, _ = dist.new_subgroups(group_size=1)
+    return train(rank, process_group=group)
+
+
+SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "store": lambda rank: train(rank),
+    "store_adam": lambda rank: train(rank, optimizer="adam"),
+    "accumulate": lambda rank: train(rank, micro_batches=2),
+    "per_micro_batch": lambda rank: train(rank, micro_batches=2, accumulation="per_micro_batch"),
+    "gram_first": lambda rank: train(rank, micro_batches=2, mode="gram_first"),
+    "bf16": lambda rank: train(rank, store_dtype=torch.bfloat16),
+    "ddp": lambda rank: train(rank, ddp=True),
+    "ddp_gram_first": lambda rank: train(rank, ddp=True, mode="gram_first"),
+    "reference_backend": lambda rank: train(
+        rank, primitive_backend="reference", backend="iterative"
+    ),
+    "nan": nan_step,
+    "mismatch": mismatch,
+    "closure": closure,
+    "local_group": local_group,
+}
+
+
+def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    results: dict[str, Any] = {}
+    for name, scenario in SCENARIOS.items():
+        try:
+            results[name] = scenario(rank)
+        except Exception as err:  # reported by the parent test, scenario by scenario
+            results[name] = {
+                "exception": f"{type(err).__name__}: {err}",
+                "trace": traceback.format_exc(),
+            }
+        dist.barrier()
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()

@@ -1,0 +1,245 @@
+"""Data parallelism: ``MultiObjectiveOptimizer`` across two gloo ranks on CPU.
+
+Two spawned processes run every scenario of tests/distributed_worker.py once (one fixture for
+the module); each test then checks one scenario against what this process computes alone,
+without torch.distributed: each shard's per-objective gradients, averaged by hand (zero where a
+shard's objective does not reach a parameter), handed to :func:`conflict_opt.aggregate_`, then
+the inner optimizer's step. Replicas must be identical bit for bit, and equal to that reference.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import conflict_opt
+
+from . import distributed_worker as worker
+from .distributed_worker import STEPS, WEIGHTS, Net, shard_losses
+
+WORLD = 2
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Each rank's ``{scenario: result}``."""
+    out = tmp_path_factory.mktemp("distributed")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=worker.run, args=(rank, WORLD, str(out / "init"), str(out)), daemon=True)
+        for rank in range(WORLD)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    alive = [rank for rank, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not alive, f"ranks {alive} still running after 300 s (a collective hung)"
+    codes = [p.exitcode for p in procs]
+    assert codes == [0] * WORLD, f"rank exit codes {codes}"
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+
+
+def scenario(ranks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    results = [r[name] for r in ranks]
+    for rank, result in enumerate(results):
+        assert "exception" not in result, f"rank {rank}: {result['exception']}\n{result['trace']}"
+    return results
+
+
+# ---------------------------------------------------------------------------- the reference
+Grads = list[list[torch.Tensor | None]]
+
+
+def local_grads(net: Net, step: int, shard: int, micro: int) -> Grads:
+    params = list(net.parameters())
+    losses = shard_losses(net, net, step, shard, micro)
+    return [
+        list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+        for loss in losses
+    ]
+
+
+def summed(parts: Sequence[Grads]) -> Grads:
+    """Elementwise sum of gradient lists, None-aware (None + x = x)."""
+    out = [list(row) for row in parts[0]]
+    for part in parts[1:]:
+        for i, row in enumerate(part):
+            for t, x in enumerate(row):
+                if x is not None:
+                    out[i][t] = x if out[i][t] is None else out[i][t] + x
+    return out
+
+
+def averaged(per_shard: Sequence[Grads]) -> Grads:
+    """The mean over shards as the ranks form it: each divided by the count, then summed in
+    rank order; a shard without a gradient contributes zero, a slot none reaches stays None."""
+    n = len(per_shard)
+    return summed([[[None if x is None else x / n for x in row] for row in g] for g in per_shard])
+
+
+def reference(
+    shards: Sequence[int] = (0, 1),
+    *,
+    optimizer: str = "sgd",
+    micro_batches: int = 1,
+    per_micro_batch: bool = False,
+    store_dtype: torch.dtype | None = None,
+) -> Net:
+    net = Net()
+    params = list(net.parameters())
+    if optimizer == "sgd":
+        inner = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    else:
+        inner = torch.optim.Adam(params, lr=0.01)
+    for step in range(STEPS):
+        inner.zero_grad()
+        if per_micro_batch:
+            for m in range(micro_batches):
+                g = averaged([local_grads(net, step, r, m) for r in shards])
+                conflict_opt.aggregate_(params, g, WEIGHTS, accumulate=True)
+        else:
+            per_shard = [
+                summed([local_grads(net, step, r, m) for m in range(micro_batches)]) for r in shards
+            ]
+            if store_dtype is not None:
+                per_shard = [
+                    [[None if x is None else x.to(store_dtype) for x in row] for row in g]
+                    for g in per_shard
+                ]
+            conflict_opt.aggregate_(params, averaged(per_shard), WEIGHTS)
+        inner.step()
+    return net
+
+
+def assert_replicas_equal(results: list[dict[str, Any]]) -> None:
+    first = results[0]["params"]
+    for rank, result in enumerate(results[1:], 1):
+        for name, value in result["params"].items():
+            assert torch.equal(value, first[name]), f"rank {rank} differs from rank 0 at {name}"
+
+
+def assert_matches(params: dict[str, torch.Tensor], net: Net, atol: float) -> None:
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(params[name], p.detach(), rtol=0, atol=atol, msg=name)
+
+
+# ---------------------------------------------------------------------------- the scenarios
+@pytest.mark.parametrize(
+    ("name", "kwargs", "atol"),
+    [
+        ("store", {}, 1e-6),
+        ("store_adam", {"optimizer": "adam"}, 1e-6),
+        ("accumulate", {"micro_batches": 2}, 1e-6),
+        ("per_micro_batch", {"micro_batches": 2, "per_micro_batch": True}, 1e-6),
+        # The Gram by polarisation of averaged gradient norms: equal up to its rounding.
+        ("gram_first", {"micro_batches": 2, "per_micro_batch": True}, 1e-5),
+        ("ddp", {}, 1e-6),
+        ("ddp_gram_first", {"per_micro_batch": True}, 1e-5),
+        ("reference_backend", {}, 1e-6),
+        # bfloat16 store: each shard's gradients rounded to 8 bits of mantissa, then averaged.
+        ("bf16", {"store_dtype": torch.bfloat16}, 1e-5),
+    ],
+)
+def test_replicas_identical_and_equal_to_the_averaged_reference(
+    ranks: list[dict[str, Any]], name: str, kwargs: dict[str, Any], atol: float
+) -> None:
+    results = scenario(ranks, name)
+    assert_replicas_equal(results)
+    assert_matches(results[0]["params"], reference(**kwargs), atol)
+    for result in results:
+        held, needed = result["grad_bytes"]
+        assert held == needed, f".grad keeps {held} bytes alive for {needed} of gradients"
+        assert result["world_size"] == WORLD and result["is_world"]
+        assert f"world_size={WORLD}" in result["repr"]
+
+
+def test_unreached_on_one_rank_counts_as_zero_and_unreached_everywhere_stays_none(
+    ranks: list[dict[str, Any]],
+) -> None:
+    results = scenario(ranks, "store")
+    ref = reference()
+    for result in results:
+        grads = result["grads"]
+        # `extra`: objective 1 reaches it on rank 0 only; its gradient is rank 0's / 2.
+        torch.testing.assert_close(grads["extra"], ref.extra.grad, rtol=1e-6, atol=1e-8)
+        assert grads["extra"].abs().sum() > 0
+        assert grads["unused"] is None and grads["empty"] is None
+
+
+def test_diagnostics_are_the_same_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    results = scenario(ranks, "store")
+    for key in ("coeffs", "gram"):
+        assert torch.equal(results[0][key], results[1][key]), key
+    # The Gram of the averaged gradients, not of either rank's own.
+    net = Net()  # the reference run again, keeping the last step's Gram
+    params = list(net.parameters())
+    inner = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for step in range(STEPS):
+        inner.zero_grad()
+        g = averaged([local_grads(net, step, r, 0) for r in range(WORLD)])
+        agg = conflict_opt.aggregate_(params, g, WEIGHTS)
+        inner.step()
+    torch.testing.assert_close(results[0]["gram"], agg.gram, rtol=1e-6, atol=1e-9)
+
+
+def test_a_nan_loss_on_one_rank_raises_on_every_rank_with_nothing_written(
+    ranks: list[dict[str, Any]],
+) -> None:
+    results = scenario(ranks, "nan")
+    for result in results:
+        assert result["error"] is not None and "non-finite loss on 1 of 2 ranks" in result["error"]
+        assert result["untouched"]
+    assert "nan" in results[1]["error"]  # rank 1 names its own losses
+    assert_replicas_equal(results)  # and both went on training together
+
+
+def test_ranks_that_disagree_on_the_parameters_all_raise(ranks: list[dict[str, Any]]) -> None:
+    results = scenario(ranks, "mismatch")
+    for result in results:
+        assert result["error"] is not None and "disagree" in result["error"]
+        assert "trainable parameters: 12..13, trainable values: 278..282" in result["error"], (
+            result["error"]
+        )
+
+
+def test_closure_values_and_replicas_agree(ranks: list[dict[str, Any]]) -> None:
+    results = scenario(ranks, "closure")
+    assert_replicas_equal(results)
+    assert results[0]["values"] == results[1]["values"]
+
+
+def test_a_group_of_one_rank_trains_each_rank_on_its_own_shard(
+    ranks: list[dict[str, Any]],
+) -> None:
+    results = scenario(ranks, "local_group")
+    for rank, result in enumerate(results):
+        assert result["world_size"] == 1 and "world_size" not in result["repr"]
+        assert_matches(result["params"], reference(shards=(rank,)), 1e-6)
+    assert not torch.equal(results[0]["params"]["extra"], results[1]["params"]["extra"])
+
+
+# ------------------------------------------------------------------- single process, no spawn
+def test_single_process_has_no_group() -> None:
+    assert not dist.is_initialized()
+    opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(Net().parameters(), lr=0.1))
+    assert opt.process_group is None and opt.world_size == 1
+
+
+@pytest.mark.parametrize("bad", ["world", 2, object()])
+def test_process_group_must_be_a_process_group(bad: Any) -> None:
+    with pytest.raises(ValueError, match=f"got {type(bad).__name__}"):
+        conflict_opt.MultiObjectiveOptimizer(
+            torch.optim.SGD(Net().parameters(), lr=0.1), process_group=bad
+        )
