@@ -85,11 +85,14 @@ def train(
     else:
         inner = torch.optim.Adam(net.parameters(), lr=0.01)
     opt = conflict_opt.MultiObjectiveOptimizer(inner, WEIGHTS, **options)
+    scaler = options.get("scaler")
     for step in range(steps):
         opt.zero_grad()
         for m in range(micro_batches):
             opt.backward(shard_losses(model, net, step, rank, m))
         opt.step()
+        if scaler is not None:
+            scaler.update()
     info = opt.last_info
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     storages = {g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads}
@@ -165,6 +168,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "per_micro_batch": lambda rank: train(rank, micro_batches=2, accumulation="per_micro_batch"),
     "gram_first": lambda rank: train(rank, micro_batches=2, mode="gram_first"),
     "bf16": lambda rank: train(rank, store_dtype=torch.bfloat16),
+    "scaler": lambda rank: train(rank, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10)),
     "ddp": lambda rank: train(rank, ddp=True),
     "ddp_gram_first": lambda rank: train(rank, ddp=True, mode="gram_first"),
     "reference_backend": lambda rank: train(

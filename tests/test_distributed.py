@@ -148,6 +148,8 @@ def assert_matches(params: dict[str, torch.Tensor], net: Net, atol: float) -> No
         ("ddp", {}, 1e-6),
         ("ddp_gram_first", {"per_micro_batch": True}, 1e-5),
         ("reference_backend", {}, 1e-6),
+        # Scaled by a power of two, unscaled by GradScaler: the same step.
+        ("scaler", {}, 1e-6),
         # bfloat16 store: each shard's gradients rounded to 8 bits of mantissa, then averaged.
         ("bf16", {"store_dtype": torch.bfloat16}, 1e-5),
     ],
