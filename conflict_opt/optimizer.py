@@ -421,6 +421,31 @@ def _check_options(
     return accumulation
 
 
+# The options of MultiObjectiveOptimizer, in _check_options's order; those that decide what
+# backward gathers may not change while a step is in progress.
+_OPTIONS = (
+    "method",
+    "c",
+    "backend",
+    "primitive_backend",
+    "mode",
+    "store_dtype",
+    "accumulation",
+    "check_finite",
+)
+_GATHERING = frozenset({"mode", "store_dtype", "accumulation"})
+
+
+def _option(name: str, doc: str) -> property:
+    """A checked option of :class:`MultiObjectiveOptimizer`: read as a plain attribute (a C
+    getter, as cheap as one in the step's hot path), assigned through ``_set_option``."""
+
+    def fset(self: MultiObjectiveOptimizer, value: Any) -> None:
+        self._set_option(name, value)
+
+    return property(operator.attrgetter("_" + name), fset, doc=doc)
+
+
 def _requires_closure(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` has a ``closure`` parameter without a default
     (``torch.optim.LBFGS``); False where its signature cannot be read."""
@@ -482,7 +507,23 @@ class MultiObjectiveOptimizer:
             whose reducer never sees the wrapper's per-objective passes.
 
     ``last_info`` holds the diagnostics of the last solve as a dict of device tensors.
+
+    The options can be changed between steps (``opt.c = 0.2``, a schedule); each assignment is
+    checked as the constructor checks it. ``mode``, ``store_dtype`` and ``accumulation``
+    decide what ``backward`` gathers, so they cannot change between ``backward`` and ``step``.
     """
+
+    method = _option("method", "The solver method (:func:`conflict_opt.solve`).")
+    c = _option("c", "CAGrad's c in [0, 1), a float.")
+    backend = _option("backend", "The solver backend (:func:`conflict_opt.solve`).")
+    primitive_backend = _option("primitive_backend", "The Gram and combination backend.")
+    mode = _option("mode", '``"store"`` or ``"gram_first"``.')
+    store_dtype = _option("store_dtype", "The store's dtype, or None for the parameters'.")
+    accumulation = _option(
+        "accumulation",
+        '``"per_step"`` or ``"per_micro_batch"``; assigning None picks the mode\'s default.',
+    )
+    check_finite = _option("check_finite", "Whether non-finite losses and Grams are checked.")
 
     def __init__(
         self,
@@ -504,9 +545,17 @@ class MultiObjectiveOptimizer:
             raise ValueError(
                 f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
             )
-        accumulation = _check_options(
-            method, c, backend, primitive_backend, mode, store_dtype, accumulation, check_finite
-        )
+        options = {
+            "method": method,
+            "c": c,
+            "backend": backend,
+            "primitive_backend": primitive_backend,
+            "mode": mode,
+            "store_dtype": store_dtype,
+            "accumulation": accumulation,
+            "check_finite": check_finite,
+        }
+        self._apply_options(options)
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(f"`scaler` must be a torch.amp.GradScaler, got {type(scaler)}.")
         self.optimizer = optimizer
@@ -514,10 +563,7 @@ class MultiObjectiveOptimizer:
         self._weights: torch.Tensor | None = None
         self._weights_version: int | None = None
         self.weights = _check_weights(weights)
-        self.method, self.c, self.backend = method, float(c), backend
-        self.primitive_backend = primitive_backend
-        self.mode, self.store_dtype, self.accumulation = mode, store_dtype, accumulation
-        self.scaler, self.check_finite = scaler, check_finite
+        self.scaler = scaler
         self._group = _distributed.resolve_group(process_group)
         self._info: dict[str, torch.Tensor] = {}
         self._info_source: tuple[Aggregation | _Deferred, list[float] | None, int] | None = None
@@ -556,6 +602,27 @@ class MultiObjectiveOptimizer:
         w = _check_weights(value)
         self._weights = w
         self._weights_version = None if w is None else w._version
+
+    def _options(self) -> dict[str, Any]:
+        return {name: getattr(self, "_" + name) for name in _OPTIONS}
+
+    def _apply_options(self, options: dict[str, Any]) -> None:
+        """Check a full set of options as the constructor does, then take them all."""
+        options = dict(options)
+        options["accumulation"] = _check_options(**options)
+        options["c"] = float(options["c"])
+        for name, value in options.items():
+            setattr(self, "_" + name, value)
+
+    def _set_option(self, name: str, value: Any) -> None:
+        if name in _GATHERING and (self._pending or self._aggregated):
+            raise RuntimeError(
+                f"`{name}` decides what backward gathers and cannot change between backward "
+                "and step: call step() (or zero_grad()) first."
+            )
+        options = self._options()
+        options[name] = value
+        self._apply_options(options)
 
     @property
     def process_group(self) -> Any | None:
@@ -660,26 +727,22 @@ class MultiObjectiveOptimizer:
             raise ValueError(
                 f"state_dict['wrapper'] must have the keys {sorted(_WRAPPER_KEYS)}, got {got}."
             )
-        accumulation = _check_options(
-            wrapper["method"],
-            wrapper["c"],
-            wrapper["backend"],
-            wrapper["primitive_backend"],
-            wrapper["mode"],
-            wrapper["store_dtype"],
-            wrapper["accumulation"],
-            wrapper["check_finite"],
-        )
+        options = {name: wrapper[name] for name in _OPTIONS}
+        options["accumulation"] = _check_options(**options)
+        if self._pending or self._aggregated:
+            changed = sorted(n for n in _GATHERING if options[n] != getattr(self, "_" + n))
+            if changed:
+                raise RuntimeError(
+                    f"the state dict changes {changed}, which decide what backward gathers, "
+                    "while a step is in progress: call step() (or zero_grad()) first."
+                )
         weights = _check_weights(wrapper["weights"])
         steps = wrapper["steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"state_dict['wrapper']['steps'] must be an int >= 0, got {steps!r}.")
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.weights = weights
-        self.method, self.c = wrapper["method"], float(wrapper["c"])
-        self.backend, self.primitive_backend = wrapper["backend"], wrapper["primitive_backend"]
-        self.mode, self.store_dtype = wrapper["mode"], wrapper["store_dtype"]
-        self.accumulation, self.check_finite = accumulation, wrapper["check_finite"]
+        self._apply_options(options)
         self.steps = steps
 
     # -------------------------------------------------------------------------- the step

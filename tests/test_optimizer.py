@@ -1079,3 +1079,97 @@ def test_backward_retain_graph_keeps_the_graph_for_another_backward(mode: str) -
         torch.autograd.grad(losses[0], model.trunk.weight)
     with pytest.raises(ValueError, match="retain_graph=1"):
         opt.backward(model.losses(*_data(2)), retain_graph=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("method", "pcgrad", "method='pcgrad'"),
+        ("c", 5.0, "c=5.0"),
+        ("c", True, "c=True"),
+        ("backend", "fast", "backend='fast'"),
+        ("primitive_backend", "cuda", "primitive_backend='cuda'"),
+        ("mode", "gramfirst", "mode='gramfirst'"),
+        # the default accumulation of store mode is per_step, which gram_first cannot do
+        ("mode", "gram_first", "per_micro_batch"),
+        ("store_dtype", torch.int8, "torch.int8"),
+        ("accumulation", "x", "accumulation='x'"),
+        ("check_finite", "yes", "check_finite='yes'"),
+    ],
+)
+def test_assigned_options_are_checked_and_a_bad_one_changes_nothing(name, value, match) -> None:
+    """Before, `opt.c = 5.0` solved with c = 5 and `opt.mode = "gramfirst"` made every step
+    write nothing, silently."""
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [0.6, 0.3, 0.1])
+    options = {n: getattr(opt, n) for n in opt.state_dict()["wrapper"] if n != "weights"}
+    with pytest.raises(ValueError, match=match):
+        setattr(opt, name, value)
+    assert {n: getattr(opt, n) for n in options} == options
+
+
+def _steps(opt: MultiObjectiveOptimizer, model: Net, steps: range) -> None:
+    for step in steps:
+        opt.zero_grad()
+        opt.step(model.losses(*_data(step)))
+
+
+def test_options_changed_between_steps_act_as_if_built_with_them() -> None:
+    """A c schedule and a switch to Gram-first mode: after the change, training goes on as a
+    wrapper built with the new options would (same inner state, bit for bit)."""
+    changed, fresh = _model(), _model()
+    opt = MultiObjectiveOptimizer(torch.optim.Adam(changed.parameters(), lr=0.01), [0.6, 0.3, 0.1])
+    ref = MultiObjectiveOptimizer(torch.optim.Adam(fresh.parameters(), lr=0.01), [0.6, 0.3, 0.1])
+    _steps(opt, changed, range(2))
+    _steps(ref, fresh, range(2))
+    opt.c = 0.1
+    opt.method = "cagrad"
+    assert isinstance(opt.c, float) and opt.c == 0.1
+    ref2 = MultiObjectiveOptimizer(ref.optimizer, [0.6, 0.3, 0.1], c=0.1, method="cagrad")
+    _steps(opt, changed, range(2, 4))
+    _steps(ref2, fresh, range(2, 4))
+    for a, b in zip(changed.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    opt.accumulation = "per_micro_batch"
+    opt.mode = "gram_first"
+    ref3 = MultiObjectiveOptimizer(
+        ref.optimizer, [0.6, 0.3, 0.1], c=0.1, method="cagrad", mode="gram_first"
+    )
+    _steps(opt, changed, range(4, 6))
+    _steps(ref3, fresh, range(4, 6))
+    for a, b in zip(changed.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    opt.mode = "store"
+    opt.accumulation = None  # the mode's default
+    assert opt.accumulation == "per_step"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("mode", "gram_first"), ("store_dtype", torch.bfloat16), ("accumulation", "per_micro_batch")],
+)
+def test_gathering_options_cannot_change_between_backward_and_step(name, value) -> None:
+    model, fresh = _model(), _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [0.6, 0.3, 0.1])
+    ref = MultiObjectiveOptimizer(torch.optim.SGD(fresh.parameters(), lr=0.1), [0.6, 0.3, 0.1])
+    opt.backward(model.losses(*_data(0)))
+    if name == "mode":
+        with pytest.raises(RuntimeError, match="between backward and step"):
+            opt.accumulation = "per_micro_batch"
+    with pytest.raises(RuntimeError, match=f"`{name}` decides what backward gathers"):
+        setattr(opt, name, value)
+    state = copy.deepcopy(opt.state_dict())
+    state["wrapper"][name] = value
+    if name == "mode":
+        state["wrapper"]["accumulation"] = "per_micro_batch"
+    with pytest.raises(RuntimeError, match="while a step is in progress"):
+        opt.load_state_dict(state)
+    opt.c = 0.4  # the solve's options may change: the pending solve uses them
+    opt.step()  # the gathered step is intact
+    ref.step(fresh.losses(*_data(0)))
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    if name == "mode":
+        opt.accumulation = "per_micro_batch"
+    setattr(opt, name, value)  # and between steps it is allowed
+    assert getattr(opt, name) == value
