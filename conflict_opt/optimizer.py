@@ -106,6 +106,11 @@ def aggregate_(
             :func:`conflict_opt.combine_`.
         accumulate: add to the existing ``.grad`` instead of overwriting it.
 
+    Under data parallelism, pass gradients already averaged across the ranks (each objective's
+    separately): this function communicates nothing, and the Gram of each rank's own
+    gradients would give each rank a different direction. :class:`MultiObjectiveOptimizer`
+    averages them itself.
+
     Returns:
         :class:`Aggregation` with the :class:`SolveResult` and the ``[K, K]`` float64 Gram.
 
