@@ -30,12 +30,13 @@ class Net(nn.Module):
     which objective 1 reaches on shard 0 only, ``unused``, which nothing reaches, and the
     zero-size ``empty``."""
 
-    def __init__(self, k: int = K) -> None:
+    def __init__(self, k: int = K, double: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8))
         self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(k))
-        self.extra = nn.Parameter(torch.randn(4))
+        # float64 with `double`: two dtypes, so one averaged buffer per objective and dtype.
+        self.extra = nn.Parameter(torch.randn(4, dtype=torch.float64 if double else None))
         self.unused = nn.Parameter(torch.randn(3))
         self.empty = nn.Parameter(torch.zeros(0))
 
@@ -76,9 +77,10 @@ def train(
     micro_batches: int = 1,
     ddp: bool = False,
     steps: int = STEPS,
+    double: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
-    net = Net()
+    net = Net(double=double)
     model = nn.parallel.DistributedDataParallel(net) if ddp else net
     if optimizer == "sgd":
         inner = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -167,6 +169,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "accumulate": lambda rank: train(rank, micro_batches=2),
     "per_micro_batch": lambda rank: train(rank, micro_batches=2, accumulation="per_micro_batch"),
     "gram_first": lambda rank: train(rank, micro_batches=2, mode="gram_first"),
+    "two_dtypes": lambda rank: train(rank, double=True),
     "bf16": lambda rank: train(rank, store_dtype=torch.bfloat16),
     "scaler": lambda rank: train(rank, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10)),
     "ddp": lambda rank: train(rank, ddp=True),

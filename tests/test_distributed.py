@@ -96,8 +96,9 @@ def reference(
     micro_batches: int = 1,
     per_micro_batch: bool = False,
     store_dtype: torch.dtype | None = None,
+    double: bool = False,
 ) -> Net:
-    net = Net()
+    net = Net(double=double)
     params = list(net.parameters())
     if optimizer == "sgd":
         inner = torch.optim.SGD(params, lr=0.1, momentum=0.9)
@@ -148,6 +149,7 @@ def assert_matches(params: dict[str, torch.Tensor], net: Net, atol: float) -> No
         ("ddp", {}, 1e-6),
         ("ddp_gram_first", {"per_micro_batch": True}, 1e-5),
         ("reference_backend", {}, 1e-6),
+        ("two_dtypes", {"double": True}, 1e-6),
         # Scaled by a power of two, unscaled by GradScaler: the same step.
         ("scaler", {}, 1e-6),
         # bfloat16 store: each shard's gradients rounded to 8 bits of mantissa, then averaged.
