@@ -42,6 +42,8 @@ from .primitives import (
     _step_store,
     _subset,
     as_grads,
+    combine_,
+    gram,
 )
 from .solvers import _host, _select_backend, _validate_options, _weights, solve
 
@@ -570,6 +572,7 @@ class MultiObjectiveOptimizer:
         self.weights = _check_weights(weights)
         self.scaler = scaler
         self._group = _distributed.resolve_group(process_group)
+        self._sharded = self._group is not None and _distributed.sharded(self._group)
         self._info: dict[str, torch.Tensor] = {}
         self._info_source: tuple[Aggregation | _Deferred, list[float] | None, int] | None = None
         # The last step's, when it decided; a tensor only when last_info is read (creating one
@@ -892,8 +895,6 @@ class MultiObjectiveOptimizer:
         else:
             grads = self._gradients(items, params, retain_graph)
             if self.accumulation == "per_micro_batch":
-                if self._group is not None:
-                    grads = self._average(params, grads)
                 self._solve_and_write(params, grads, accumulate=True)
             else:
                 self._keep(params, grads)
@@ -961,8 +962,14 @@ class MultiObjectiveOptimizer:
         grads: list[list[torch.Tensor | None]],
         accumulate: bool,
         reuse: bool = False,
-        steal: bool = True,
     ) -> None:
+        steal = True  # whether the store's tensors may become .grad (with reuse)
+        if self._group is not None:
+            if self._sharded:
+                self._sharded_solve_and_write(params, grads, accumulate)
+                return
+            grads = self._average(params, grads)
+            steal = False  # views of K buffers, which a .grad would keep alive
         k = len(grads)
         gram_values = None
         if reuse and not accumulate and params and params[0].is_cpu and not self._scaling():
@@ -998,6 +1005,31 @@ class MultiObjectiveOptimizer:
             gram_values=gram_values,
         )
         self._record(agg, k)
+
+    def _sharded_solve_and_write(
+        self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], accumulate: bool
+    ) -> None:
+        """The step across the process group (:mod:`conflict_opt._distributed`): this rank's
+        shard of the averaged gradients, its part of the Gram completed by a K×K all-reduce,
+        the same solve on every rank, this rank's part of Σ a_k g_k, gathered into ``.grad``."""
+        k = len(grads)
+        dtypes = [p.dtype if self.store_dtype is None else self.store_dtype for p in params]
+        shards = _distributed.scatter(params, grads, dtypes, self._group)
+        device = params[0].device
+        local = [[part.grads[i] for part in shards] for i in range(k)]
+        if shards:
+            h = gram(local, backend=self.primitive_backend, accumulate_dtype=torch.float64)
+        else:  # no objective reaches any parameter on any rank
+            h = torch.zeros(k, k, dtype=torch.float64, device=device)
+        _distributed.dist.all_reduce(h, group=self._group)
+        h = self._unscale(h)
+        w = self.weights if device.type == "cpu" else self._weights_for(k, device)
+        result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
+        combined = [torch.empty(part.size, dtype=part.out_dtype, device=device) for part in shards]
+        if shards:
+            combine_(combined, local, result.coeffs, backend=self.primitive_backend)
+        _distributed.gather(params, shards, combined, self._group, accumulate)
+        self._record(Aggregation(result, h), k)
 
     def _average(
         self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]
@@ -1197,16 +1229,13 @@ class MultiObjectiveOptimizer:
             else:
                 params = [p for p in self._store if p.requires_grad]
                 grads = [[self._store[p][i] for p in params] for i in range(self._k or 0)]
-            shared = self._group is not None
-            if shared:
-                # The lists above become the only holders of the local gradients, which
-                # _average drops as it packs them.
+            if self._group is not None:
+                # The lists above become the only holders of the local gradients, which the
+                # averaging drops as it packs them.
                 self._first = None
                 self._store.clear()
-                grads = self._average(params, grads)
-            # The store is the wrapper's own and is dropped below: its tensors may become .grad
-            # (not views of the averaged buffers, which would keep all K alive).
-            self._solve_and_write(params, grads, accumulate=False, reuse=True, steal=not shared)
+            # The store is the wrapper's own and is dropped below: its tensors may become .grad.
+            self._solve_and_write(params, grads, accumulate=False, reuse=True)
         nonfinite = self._nonfinite
         self._reset()
         return nonfinite

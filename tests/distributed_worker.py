@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 import conflict_opt
+from conflict_opt import _distributed
 
 K = 3
 WEIGHTS = [0.5, 0.3, 0.2]
@@ -28,7 +29,7 @@ STEPS = 3
 class Net(nn.Module):
     """A shared trunk and one head per objective, plus three awkward parameters: ``extra``,
     which objective 1 reaches on shard 0 only, ``unused``, which nothing reaches, and the
-    zero-size ``empty``."""
+    zero-size ``empty``, which objective 0 reaches."""
 
     def __init__(self, k: int = K, double: bool = False) -> None:
         super().__init__()
@@ -36,7 +37,8 @@ class Net(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8))
         self.heads = nn.ModuleList(nn.Linear(8, 1) for _ in range(k))
         # float64 with `double`: two dtypes, so one averaged buffer per objective and dtype.
-        self.extra = nn.Parameter(torch.randn(4, dtype=torch.float64 if double else None))
+        # 5 values: 283 in all, which two ranks cannot split evenly (the shards' padding).
+        self.extra = nn.Parameter(torch.randn(5, dtype=torch.float64 if double else None))
         self.unused = nn.Parameter(torch.randn(3))
         self.empty = nn.Parameter(torch.zeros(0))
 
@@ -54,6 +56,7 @@ def shard_losses(
     y = torch.randn(len(net.heads), 8, 1, generator=gen)
     z = model(x)
     losses = [((head(z) - y[i]) ** 2).mean() for i, head in enumerate(net.heads)]
+    losses[0] = losses[0] + net.empty.sum()
     if shard == 0:
         losses[1] = losses[1] + 0.1 * (net.extra**2).sum()
     return losses
@@ -99,14 +102,14 @@ def train(
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     storages = {g.untyped_storage().data_ptr(): g.untyped_storage().nbytes() for g in grads}
     return {
-        # What the .grad tensors keep alive beyond themselves (views of the K averaged
-        # buffers would keep all of them).
+        # What the .grad tensors keep alive beyond themselves.
         "grad_bytes": (sum(storages.values()), sum(g.numel() * g.element_size() for g in grads)),
         "params": params_of(net),
         "grads": grads_of(net),
         "coeffs": info["coeffs"].clone(),
         "gram": info["gram"].clone(),
         "world_size": opt.world_size,
+        "sharded": opt._sharded,
         "is_world": opt.process_group is dist.group.WORLD,
         "repr": repr(opt),
     }
@@ -184,6 +187,18 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
+# Both schemes of the store mode's step, on gloo (conflict_opt._distributed): gloo itself takes
+# the all-reduce; "sharded" counts gloo among the backends that take the other.
+SCHEMES = {"all_reduce": frozenset(), "sharded": frozenset({"gloo"})}
+
+
+def _attempt(scenario: Callable[[int], dict[str, Any]], rank: int) -> dict[str, Any]:
+    try:
+        return scenario(rank)
+    except Exception as err:  # reported by the parent test, scenario by scenario
+        return {"exception": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()}
+
+
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -194,14 +209,10 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
         timeout=datetime.timedelta(seconds=60),
     )
     results: dict[str, Any] = {}
-    for name, scenario in SCENARIOS.items():
-        try:
-            results[name] = scenario(rank)
-        except Exception as err:  # reported by the parent test, scenario by scenario
-            results[name] = {
-                "exception": f"{type(err).__name__}: {err}",
-                "trace": traceback.format_exc(),
-            }
-        dist.barrier()
+    for scheme, backends in SCHEMES.items():
+        _distributed.SHARDED_BACKENDS = backends
+        for name, scenario in SCENARIOS.items():
+            results[f"{scheme}/{name}"] = _attempt(scenario, rank)
+            dist.barrier()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
