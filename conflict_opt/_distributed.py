@@ -46,6 +46,7 @@ __all__ = [
     "Shards",
     "average",
     "gather",
+    "initialised",
     "mean_of",
     "nonfinite_ranks",
     "resolve_group",
@@ -63,6 +64,11 @@ def sharded(group: Any) -> bool:
     return dist.get_backend(group) in SHARDED_BACKENDS
 
 
+def initialised() -> bool:
+    """Whether torch.distributed is available and its default group initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def resolve_group(process_group: Any) -> Any | None:
     """The process group whose ranks' gradients are averaged, or ``None`` for none.
 
@@ -70,7 +76,7 @@ def resolve_group(process_group: Any) -> Any | None:
     ``DistributedDataParallel`` defaults to it); a group of one rank means no communication.
     """
     if process_group is None:
-        if not (dist.is_available() and dist.is_initialized()):
+        if not initialised():
             return None
         group = dist.group.WORLD
     else:

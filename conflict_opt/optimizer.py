@@ -571,8 +571,7 @@ class MultiObjectiveOptimizer:
         self._weights_version: int | None = None
         self.weights = _check_weights(weights)
         self.scaler = scaler
-        self._group = _distributed.resolve_group(process_group)
-        self._sharded = self._group is not None and _distributed.sharded(self._group)
+        self._resolve_group(process_group)
         self._info: dict[str, torch.Tensor] = {}
         self._info_source: tuple[Aggregation | _Deferred, list[float] | None, int] | None = None
         # The last step's, when it decided; a tensor only when last_info is read (creating one
@@ -632,10 +631,20 @@ class MultiObjectiveOptimizer:
         options[name] = value
         self._apply_options(options)
 
+    def _resolve_group(self, process_group: Any) -> None:
+        self._group = _distributed.resolve_group(process_group)
+        self._sharded = self._group is not None and _distributed.sharded(self._group)
+        # The default waits for torch.distributed: a wrapper built before init_process_group
+        # takes the default group at its first backward after it, instead of training each
+        # rank alone.
+        self._group_pending = process_group is None and not _distributed.initialised()
+
     @property
     def process_group(self) -> Any | None:
         """The process group across which per-objective gradients are averaged, or None
-        (single process, or a group of one rank)."""
+        (single process, or a group of one rank). With the default ``process_group=None``, a
+        wrapper built before ``torch.distributed.init_process_group`` takes the default
+        group at its first ``backward`` after it."""
         return self._group
 
     @property
@@ -763,6 +772,8 @@ class MultiObjectiveOptimizer:
         return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
     def _losses(self, losses: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        if self._group_pending and _distributed.initialised():
+            self._resolve_group(None)
         if isinstance(losses, torch.Tensor):
             if losses.ndim != 1:
                 raise ValueError(

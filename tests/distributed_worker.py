@@ -9,6 +9,7 @@ type and message instead, so that the parent test reports it.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import traceback
 from collections.abc import Callable
@@ -199,8 +200,33 @@ def _attempt(scenario: Callable[[int], dict[str, Any]], rank: int) -> dict[str, 
         return {"exception": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()}
 
 
+def _early() -> tuple[Net, conflict_opt.MultiObjectiveOptimizer]:
+    """A wrapper built before torch.distributed is initialised."""
+    net = Net()
+    inner = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    return net, conflict_opt.MultiObjectiveOptimizer(inner, WEIGHTS)
+
+
+def late_init(rank: int, early: tuple[Net, conflict_opt.MultiObjectiveOptimizer]) -> dict:
+    """The wrapper of :func:`_early`, trained after init_process_group: it must average as
+    one built after it does (compared with the ``store`` scenario's reference)."""
+    net, opt = early
+    before = opt.world_size
+    for step in range(STEPS):
+        opt.zero_grad()
+        opt.backward(shard_losses(net, net, step, rank))
+        opt.step()
+    return {
+        "params": params_of(net),
+        "before": before,
+        "world_size": opt.world_size,
+        "sharded": opt._sharded,
+    }
+
+
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
+    early = {scheme: _early() for scheme in SCHEMES}
     dist.init_process_group(
         "gloo",
         init_method=f"file://{init_file}",
@@ -214,5 +240,9 @@ def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for name, scenario in SCENARIOS.items():
             results[f"{scheme}/{name}"] = _attempt(scenario, rank)
             dist.barrier()
+        results[f"{scheme}/late_init"] = _attempt(
+            functools.partial(late_init, early=early[scheme]), rank
+        )
+        dist.barrier()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()

@@ -249,6 +249,17 @@ def test_a_group_of_one_rank_trains_each_rank_on_its_own_shard(
     assert not torch.equal(results[0]["params"]["extra"], results[1]["params"]["extra"])
 
 
+def test_a_wrapper_built_before_init_process_group_averages_from_its_first_backward_after_it(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    results = scenario(ranks, scheme, "late_init")
+    assert_replicas_equal(results)
+    assert_matches(results[0]["params"], reference(), 1e-6)
+    for result in results:
+        assert result["before"] == 1 and result["world_size"] == WORLD
+        assert result["sharded"] == (scheme == "sharded")
+
+
 # ------------------------------------------------------------------- single process, no spawn
 def test_single_process_has_no_group() -> None:
     assert not dist.is_initialized()
