@@ -216,9 +216,10 @@ _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 
 
 class Shards(NamedTuple):
-    """One buffer group of :func:`scatter`: the slots whose gradients have dtype ``dtype`` and
-    whose parameters have ``out_dtype``, laid end to end (``offsets``; ``numel`` values, padded
-    to W·``size``), and this rank's ``size`` values of each objective's average (``grads``)."""
+    """One buffer group of :func:`scatter`: the slots whose gradients share one dtype and whose
+    parameters have ``out_dtype``, laid end to end (``offsets``; ``numel`` values, padded to
+    W·``size``), and this rank's ``size`` values of each objective's average (``grads``, in
+    the gradients' dtype)."""
 
     slots: list[int]
     offsets: list[int]
