@@ -170,8 +170,8 @@ def test_replicas_identical_and_equal_to_the_averaged_reference(
     assert_matches(results[0]["params"], reference(**kwargs), atol)
     for result in results:
         held, needed = result["grad_bytes"]
-        # Views of the gathered buffers (one per dtype here), padded to a multiple of W: never
-        # the K buffers of the per-objective gradients.
+        # Fresh tensors (all-reduce), or views of the gathered buffers padded to a multiple of
+        # W (sharded): never views of the K buffers of the per-objective gradients.
         assert needed <= held < needed + 8 * WORLD, f".grad keeps {held} bytes for {needed}"
         assert result["world_size"] == WORLD and result["is_world"]
         assert result["sharded"] == (scheme == "sharded")
