@@ -8,8 +8,10 @@ per-tensor checks that autograd's own output does not need), and then calls the 
 optimizer's own ``step()``; it never re-implements an update rule. On CPU both run the three
 parts as one native call (``conflict_opt._native.step``) where it applies, with the same
 results; between backward passes, with cold caches, that saves most of the step's Python.
-docs/optimizer.md has the training loop, the memory modes, the accumulation policy, mixed
-precision and the benchmark table.
+Under torch.distributed the wrapper averages each objective's gradient across the ranks
+before the Gram (:mod:`conflict_opt._distributed`), which ``DistributedDataParallel`` cannot do
+for it. docs/optimizer.md has the training loop, the memory modes, the accumulation policy,
+mixed precision, data parallelism and the benchmark table.
 """
 
 from __future__ import annotations
