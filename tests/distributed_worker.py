@@ -226,6 +226,10 @@ def late_init(rank: int, early: tuple[Net, conflict_opt.MultiObjectiveOptimizer]
 
 def run(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
+    # Both ranks are on this machine: talk over loopback, whatever the host name resolves to
+    # (in some containers it resolves to no reachable interface).
+    if "GLOO_SOCKET_IFNAME" not in os.environ and os.path.exists("/sys/class/net/lo"):
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     early = {scheme: _early() for scheme in SCHEMES}
     dist.init_process_group(
         "gloo",
