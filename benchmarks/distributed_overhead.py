@@ -73,6 +73,8 @@ def _batch(k: int, rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _rank(rank: int, world: int, init: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
+    if "GLOO_SOCKET_IFNAME" not in os.environ and os.path.exists("/sys/class/net/lo"):
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # all ranks on this machine: loopback
     dist.init_process_group(
         "gloo",
         init_method=f"file://{init}",
