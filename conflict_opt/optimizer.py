@@ -498,7 +498,8 @@ class MultiObjectiveOptimizer:
             over the micro-batches of a step and solves once in ``step()``;
             ``"per_micro_batch"`` solves at every ``backward`` and sums the combined
             directions into ``.grad`` (what the RACO authors' code does; the only choice in
-            ``"gram_first"`` mode, where gradients are never kept).
+            ``"gram_first"`` mode, where gradients are never kept). None (default): the
+            mode's, then and after any change of ``mode``.
         scaler: a ``torch.amp.GradScaler``. ``backward`` then scales the losses itself, the
             Gram is unscaled before the solve, and ``step`` goes through ``scaler.step``, which
             skips the inner step (writing nothing to the parameters) when a gradient is
@@ -520,6 +521,7 @@ class MultiObjectiveOptimizer:
     The options can be changed between steps (``opt.c = 0.2``, a schedule); each assignment is
     checked as the constructor checks it. ``mode``, ``store_dtype`` and ``accumulation``
     decide what ``backward`` gathers, so they cannot change between ``backward`` and ``step``.
+    An ``accumulation`` left at None follows ``mode``: changing the mode changes it too.
     """
 
     method = _option("method", "The solver method (:func:`conflict_opt.solve`).")
@@ -530,7 +532,7 @@ class MultiObjectiveOptimizer:
     store_dtype = _option("store_dtype", "The store's dtype, or None for the parameters'.")
     accumulation = _option(
         "accumulation",
-        '``"per_step"`` or ``"per_micro_batch"``; assigning None picks the mode\'s default.',
+        '``"per_step"`` or ``"per_micro_batch"``; None (the default) follows the mode.',
     )
     check_finite = _option("check_finite", "Whether non-finite losses and Grams are checked.")
 
@@ -613,15 +615,23 @@ class MultiObjectiveOptimizer:
         self._weights_version = None if w is None else w._version
 
     def _options(self) -> dict[str, Any]:
-        return {name: getattr(self, "_" + name) for name in _OPTIONS}
+        """The options as given: ``accumulation`` None where it follows the mode."""
+        options = {name: getattr(self, "_" + name) for name in _OPTIONS}
+        if self._accumulation_follows_mode:
+            options["accumulation"] = None
+        return options
 
     def _apply_options(self, options: dict[str, Any]) -> None:
-        """Check a full set of options as the constructor does, then take them all."""
+        """Check a full set of options as the constructor does, then take them all.
+        ``accumulation=None`` follows the mode: it is the mode's default now and after any
+        later change of ``mode``."""
         options = dict(options)
+        follows = options["accumulation"] is None
         options["accumulation"] = _check_options(**options)
         options["c"] = float(options["c"])
         for name, value in options.items():
             setattr(self, "_" + name, value)
+        self._accumulation_follows_mode = follows
 
     def _set_option(self, name: str, value: Any) -> None:
         if name in _GATHERING and (self._pending or self._aggregated):
@@ -720,7 +730,8 @@ class MultiObjectiveOptimizer:
                 "primitive_backend": self.primitive_backend,
                 "mode": self.mode,
                 "store_dtype": self.store_dtype,
-                "accumulation": self.accumulation,
+                # None where it follows the mode, so that it goes on doing so after loading.
+                "accumulation": self._options()["accumulation"],
                 "check_finite": self.check_finite,
                 "steps": self.steps,
             },
@@ -747,9 +758,9 @@ class MultiObjectiveOptimizer:
                 f"state_dict['wrapper'] must have the keys {sorted(_WRAPPER_KEYS)}, got {got}."
             )
         options = {name: wrapper[name] for name in _OPTIONS}
-        options["accumulation"] = _check_options(**options)
+        resolved = dict(options, accumulation=_check_options(**options))
         if self._pending or self._aggregated:
-            changed = sorted(n for n in _GATHERING if options[n] != getattr(self, "_" + n))
+            changed = sorted(n for n in _GATHERING if resolved[n] != getattr(self, "_" + n))
             if changed:
                 raise RuntimeError(
                     f"the state dict changes {changed}, which decide what backward gathers, "

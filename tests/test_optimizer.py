@@ -1090,8 +1090,6 @@ def test_backward_retain_graph_keeps_the_graph_for_another_backward(mode: str) -
         ("backend", "fast", "backend='fast'"),
         ("primitive_backend", "cuda", "primitive_backend='cuda'"),
         ("mode", "gramfirst", "mode='gramfirst'"),
-        # the default accumulation of store mode is per_step, which gram_first cannot do
-        ("mode", "gram_first", "per_micro_batch"),
         ("store_dtype", torch.int8, "torch.int8"),
         ("accumulation", "x", "accumulation='x'"),
         ("check_finite", "yes", "check_finite='yes'"),
@@ -1139,9 +1137,30 @@ def test_options_changed_between_steps_act_as_if_built_with_them() -> None:
     _steps(ref3, fresh, range(4, 6))
     for a, b in zip(changed.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b)
-    opt.mode = "store"
-    opt.accumulation = None  # the mode's default
+    opt.mode = "store"  # accumulation was set explicitly: it stays
+    assert opt.accumulation == "per_micro_batch"
+    opt.accumulation = None  # follows the mode again
     assert opt.accumulation == "per_step"
+
+
+def test_accumulation_left_at_none_follows_the_mode_also_across_state_dict() -> None:
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert opt.accumulation == "per_step"
+    opt.mode = "gram_first"
+    assert opt.accumulation == "per_micro_batch"
+    opt.mode = "store"
+    assert opt.accumulation == "per_step"
+    assert opt.state_dict()["wrapper"]["accumulation"] is None
+    explicit = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), accumulation="per_step"
+    )
+    assert explicit.state_dict()["wrapper"]["accumulation"] == "per_step"
+    with pytest.raises(ValueError, match="per_micro_batch"):
+        explicit.mode = "gram_first"  # an explicit per_step cannot go with gram_first
+    explicit.load_state_dict(opt.state_dict())  # and loading makes it follow the mode
+    explicit.mode = "gram_first"
+    assert explicit.accumulation == "per_micro_batch"
 
 
 @pytest.mark.parametrize(
@@ -1169,7 +1188,5 @@ def test_gathering_options_cannot_change_between_backward_and_step(name, value) 
     ref.step(fresh.losses(*_data(0)))
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b)
-    if name == "mode":
-        opt.accumulation = "per_micro_batch"
     setattr(opt, name, value)  # and between steps it is allowed
     assert getattr(opt, name) == value
