@@ -44,6 +44,7 @@ import torch.distributed as dist
 __all__ = [
     "SHARDED_BACKENDS",
     "Shards",
+    "agree",
     "average",
     "gather",
     "initialised",
@@ -108,7 +109,7 @@ def mean_of(value: torch.Tensor, group: Any) -> torch.Tensor:
     return out / dist.get_world_size(group)
 
 
-def _agree(params: Sequence[torch.Tensor], k: int, group: Any, device: torch.device) -> None:
+def agree(params: Sequence[torch.Tensor], k: int, group: Any, device: torch.device) -> None:
     """Check that every rank has the same number of objectives, trainable parameters and values,
     so that the collectives that follow match across ranks: a mismatch would otherwise hang, or
     sum unrelated values. One collective of 6 values (MAX of x and of −x gives max and min)."""
@@ -156,6 +157,7 @@ def average(
     grads: list[list[torch.Tensor | None]],
     dtypes: Sequence[torch.dtype],
     group: Any,
+    agreed: bool = False,
 ) -> list[list[torch.Tensor | None]]:
     """Average K lists of T per-parameter gradients across the ranks of ``group``.
 
@@ -166,8 +168,9 @@ def average(
     returned as views of them, in the parameters' shapes. The entries of ``grads`` are cleared
     as they are packed, so that a rank holds each objective's gradients once, not twice.
 
-    Collectives: one of 6 values (:func:`_agree`), one of K·T reach flags, then one sum per
-    objective and dtype. One host read of the flags.
+    Collectives: one of 6 values (:func:`agree`; skipped with ``agreed``, where an earlier
+    call of the same step checked the same parameters), one of K·T reach flags, then one sum
+    per objective and dtype. One host read of the flags.
 
     Raises:
         ValueError: parameters on several devices, a sparse gradient, or ranks that disagree
@@ -175,7 +178,8 @@ def average(
     """
     k = len(grads)
     device = _one_device(params, grads)
-    _agree(params, k, group, device)
+    if not agreed:
+        agree(params, k, group, device)
     flags = torch.tensor(
         [[g is not None for g in row] for row in grads], dtype=torch.int64, device=device
     )
@@ -244,12 +248,12 @@ def scatter(
     the sum. The entries of ``grads`` are cleared as they are packed. A slot no objective
     reaches on any rank is in no buffer.
 
-    Collectives: one of 6 values (:func:`_agree`), one of T reach flags (one host read), one
+    Collectives: one of 6 values (:func:`agree`), one of T reach flags (one host read), one
     reduce-scatter per objective and buffer.
     """
     k = len(grads)
     device = _one_device(params, grads)
-    _agree(params, k, group, device)
+    agree(params, k, group, device)
     flags = torch.tensor(
         [any(row[t] is not None for row in grads) for t in range(len(params))],
         dtype=torch.int64,

@@ -1056,13 +1056,16 @@ class MultiObjectiveOptimizer:
         self._record(Aggregation(result, h), k)
 
     def _average(
-        self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]]
+        self,
+        params: list[torch.Tensor],
+        grads: list[list[torch.Tensor | None]],
+        agreed: bool = False,
     ) -> list[list[torch.Tensor | None]]:
         """The per-objective gradients averaged across the process group
         (:func:`conflict_opt._distributed.average`); the entries of ``grads`` are dropped."""
         dtype = self.store_dtype if self.mode == "store" else None
         dtypes = [p.dtype if dtype is None else dtype for p in params]
-        return _distributed.average(params, grads, dtypes, self._group)
+        return _distributed.average(params, grads, dtypes, self._group, agreed)
 
     def _native_solve_cached(self, k: int) -> tuple[list[float], tuple] | None:
         """:func:`_native_solve` on CPU for this wrapper's options, kept while they and the
@@ -1084,11 +1087,15 @@ class MultiObjectiveOptimizer:
     ) -> None:
         k = len(items)
         device = items[0].device
+        if self._group is not None:
+            # Once for the K(K+1)/2 + 1 passes, each averaged across the ranks: they must agree
+            # on K (the number of passes) and on the parameters.
+            _distributed.agree(params, k, self._group, params[0].device)
 
         def sq_norm(loss: torch.Tensor) -> torch.Tensor:
             g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             if self._group is not None:
-                g = self._average(params, [list(g)])[0]
+                g = self._average(params, [list(g)], agreed=True)[0]
             # A sparse gradient (nn.Embedding(sparse=True)) has its norm in its coalesced
             # values (coalescing sums repeated indices first).
             present = [
@@ -1115,7 +1122,8 @@ class MultiObjectiveOptimizer:
             # Averaged before it reaches .grad (a backward() would also fire the hooks of a
             # DistributedDataParallel module, which would average .grad a second time).
             g = torch.autograd.grad(total, params, retain_graph=retain_graph, allow_unused=True)
-            for p, x in zip(params, self._average(params, [list(g)])[0], strict=True):
+            averaged = self._average(params, [list(g)], agreed=True)[0]
+            for p, x in zip(params, averaged, strict=True):
                 if x is None:
                     continue
                 if p.grad is None:

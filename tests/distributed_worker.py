@@ -151,6 +151,19 @@ def mismatch(rank: int) -> dict[str, Any]:
     return {"error": None}
 
 
+def k_mismatch(rank: int, mode: str) -> dict[str, Any]:
+    """Rank 1 passes one loss fewer (uniform weights, so that no local check catches it): every
+    rank must raise, none may hang, in either mode."""
+    net = Net()
+    opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), mode=mode)
+    losses = shard_losses(net, net, 0, rank)
+    try:
+        opt.step(losses[:2] if rank == 1 else losses)
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
 def closure(rank: int) -> dict[str, Any]:
     """LBFGS with a strong-Wolfe line search: its decisions read the closure's value, which
     must be the same on every rank for the replicas to stay identical."""
@@ -183,6 +196,8 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     ),
     "nan": nan_step,
     "mismatch": mismatch,
+    "k_mismatch": functools.partial(k_mismatch, mode="store"),
+    "k_mismatch_gram_first": functools.partial(k_mismatch, mode="gram_first"),
     "closure": closure,
     "local_group": local_group,
 }

@@ -232,6 +232,14 @@ def test_ranks_that_disagree_on_the_parameters_all_raise(
         )
 
 
+@pytest.mark.parametrize("name", ["k_mismatch", "k_mismatch_gram_first"])
+def test_ranks_that_disagree_on_the_number_of_losses_all_raise(
+    ranks: list[dict[str, Any]], scheme: str, name: str
+) -> None:
+    for result in scenario(ranks, scheme, name):
+        assert result["error"] is not None and "losses: 2..3" in result["error"], result["error"]
+
+
 def test_closure_values_and_replicas_agree(ranks: list[dict[str, Any]], scheme: str) -> None:
     results = scenario(ranks, scheme, "closure")
     assert_replicas_equal(results)
