@@ -1170,7 +1170,9 @@ def test_accumulation_left_at_none_follows_the_mode_also_across_state_dict() -> 
 def test_gathering_options_cannot_change_between_backward_and_step(name, value) -> None:
     model, fresh = _model(), _model()
     opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), [0.6, 0.3, 0.1])
-    ref = MultiObjectiveOptimizer(torch.optim.SGD(fresh.parameters(), lr=0.1), [0.6, 0.3, 0.1])
+    ref = MultiObjectiveOptimizer(
+        torch.optim.SGD(fresh.parameters(), lr=0.1), [0.6, 0.3, 0.1], c=0.2
+    )
     opt.backward(model.losses(*_data(0)))
     if name == "mode":
         with pytest.raises(RuntimeError, match="between backward and step"):
@@ -1183,7 +1185,7 @@ def test_gathering_options_cannot_change_between_backward_and_step(name, value) 
         state["wrapper"]["accumulation"] = "per_micro_batch"
     with pytest.raises(RuntimeError, match="while a step is in progress"):
         opt.load_state_dict(state)
-    opt.c = 0.4  # the solve's options may change: the pending solve uses them
+    opt.c = 0.2  # the solve's options may change: the pending solve uses them
     opt.step()  # the gathered step is intact
     ref.step(fresh.losses(*_data(0)))
     for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
