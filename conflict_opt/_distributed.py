@@ -41,11 +41,17 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
+try:  # torch >= 2.4; absent from builds without torch.distributed
+    from torch.distributed.tensor import DTensor as _DTENSOR
+except ImportError:  # pragma: no cover - depends on the torch build
+    _DTENSOR = None
+
 __all__ = [
     "SHARDED_BACKENDS",
     "Shards",
     "agree",
     "average",
+    "check_whole",
     "gather",
     "initialised",
     "mean_of",
@@ -128,6 +134,26 @@ def agree(params: Sequence[torch.Tensor], k: int, group: Any, device: torch.devi
             f"{mine[0]} losses, {mine[1]} trainable parameters, {mine[2]} values). Every rank "
             "must pass the same number of losses and train the same parameters."
         )
+
+
+def _sharded_parameter(p: torch.Tensor) -> bool:
+    """Whether ``p`` is one rank's shard of a parameter: a DTensor (FSDP2, tensor parallelism)
+    or FSDP1's FlatParameter (matched by class name: its module is private)."""
+    if _DTENSOR is not None and isinstance(p, _DTENSOR):
+        return True
+    return any(cls.__name__ == "FlatParameter" for cls in type(p).__mro__)
+
+
+def check_whole(params: Sequence[torch.Tensor]) -> None:
+    """Raise for a parameter sharded across the ranks: averaging the ranks' shards would sum
+    unrelated values. Called before the gradient passes, so that nothing is computed."""
+    for t, p in enumerate(params):
+        if _sharded_parameter(p):
+            raise ValueError(
+                f"parameter {t} (a {type(p).__name__} of shape {tuple(p.shape)}) is sharded "
+                "across ranks (FSDP, DTensor): averaging per-objective gradients needs every "
+                "rank to hold every trainable parameter whole, as DistributedDataParallel does."
+            )
 
 
 def _one_device(

@@ -914,6 +914,8 @@ class MultiObjectiveOptimizer:
                 "the wrapped optimizer has no parameter with requires_grad=True; nothing to train."
             )
         self._k = k
+        if self._group is not None:
+            _distributed.check_whole(params)
         if self.mode == "gram_first":
             self._gram_first(items, params, retain_graph)
         else:

@@ -164,6 +164,23 @@ def k_mismatch(rank: int, mode: str) -> dict[str, Any]:
     return {"error": None}
 
 
+def dtensor(rank: int) -> dict[str, Any]:
+    """A parameter sharded across the ranks (a DTensor, as FSDP2 makes): every rank must raise
+    before any collective, naming it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    net = Net()
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    net.extra = nn.Parameter(distribute_tensor(torch.randn(4, 2), mesh, [Shard(0)]))
+    opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), WEIGHTS)
+    try:  # the losses need not reach it: the check comes before the gradient passes
+        opt.step(shard_losses(net, net, 0, rank))
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
 def closure(rank: int) -> dict[str, Any]:
     """LBFGS with a strong-Wolfe line search: its decisions read the closure's value, which
     must be the same on every rank for the replicas to stay identical."""
@@ -196,6 +213,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     ),
     "nan": nan_step,
     "mismatch": mismatch,
+    "dtensor": dtensor,
     "k_mismatch": functools.partial(k_mismatch, mode="store"),
     "k_mismatch_gram_first": functools.partial(k_mismatch, mode="gram_first"),
     "closure": closure,

@@ -240,6 +240,14 @@ def test_ranks_that_disagree_on_the_number_of_losses_all_raise(
         assert result["error"] is not None and "losses: 2..3" in result["error"], result["error"]
 
 
+def test_sharded_parameters_are_refused_on_every_rank(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    for result in scenario(ranks, scheme, "dtensor"):
+        assert result["error"] is not None and "DTensor" in result["error"], result["error"]
+        assert "sharded across ranks" in result["error"]
+
+
 def test_closure_values_and_replicas_agree(ranks: list[dict[str, Any]], scheme: str) -> None:
     results = scenario(ranks, scheme, "closure")
     assert_replicas_equal(results)
