@@ -178,6 +178,38 @@ def _one_device(
     return devices.pop()
 
 
+def _offsets(params: Sequence[torch.Tensor], slots: Sequence[int]) -> tuple[list[int], int]:
+    """Where each of ``slots`` starts when their parameters are laid end to end, and the
+    total."""
+    offsets = list(itertools.accumulate((params[t].numel() for t in slots), initial=0))
+    return offsets, offsets.pop()
+
+
+def _pack(
+    buf: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    slots: Sequence[int],
+    offsets: Sequence[int],
+    row: list[torch.Tensor | None],
+    world: int,
+) -> list[torch.Tensor]:
+    """Lay one objective's gradients of ``slots`` into ``buf`` at ``offsets``, each divided by
+    W (as DistributedDataParallel divides before its sum), zero where ``row`` has none; clear
+    the packed entries of ``row`` (so that a rank holds them once, not twice) and return the
+    views, in the parameters' shapes."""
+    views = []
+    for t, offset in zip(slots, offsets, strict=True):
+        view = buf[offset : offset + params[t].numel()].view(params[t].shape)
+        g = row[t]
+        if g is None:
+            view.zero_()
+        else:
+            torch.div(g, world, out=view)
+            row[t] = None
+        views.append(view)
+    return views
+
+
 def average(
     params: Sequence[torch.Tensor],
     grads: list[list[torch.Tensor | None]],
@@ -220,19 +252,9 @@ def average(
             if hit:
                 by_dtype.setdefault(dtypes[t], []).append(t)
         for dtype, slots in by_dtype.items():
-            buf = torch.empty(sum(params[t].numel() for t in slots), dtype=dtype, device=device)
-            offset = 0
-            for t in slots:
-                n = params[t].numel()
-                view = buf[offset : offset + n].view(params[t].shape)
-                offset += n
-                g = row[t]
-                if g is None:
-                    view.zero_()
-                else:
-                    # Divided while packed, as DistributedDataParallel divides before its sum.
-                    torch.div(g, world, out=view)
-                    row[t] = None
+            offsets, numel = _offsets(params, slots)
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            for t, view in zip(slots, _pack(buf, params, slots, offsets, row, world), strict=True):
                 out[i][t] = view
             works.append(dist.all_reduce(buf, group=group, async_op=True))
     for work in works:
@@ -294,21 +316,13 @@ def scatter(
     out: list[Shards] = []
     works = []
     for (dtype, out_dtype), slots in layout.items():
-        offsets = list(itertools.accumulate((params[t].numel() for t in slots), initial=0))
-        numel = offsets.pop()
+        offsets, numel = _offsets(params, slots)
         size = math.ceil(numel / world)
         shards = []
         for row in grads:
             buf = torch.empty(world * size, dtype=dtype, device=device)
             buf[numel:].zero_()
-            for t, offset in zip(slots, offsets, strict=True):
-                view = buf[offset : offset + params[t].numel()].view(params[t].shape)
-                g = row[t]
-                if g is None:
-                    view.zero_()
-                else:
-                    torch.div(g, world, out=view)
-                    row[t] = None
+            _pack(buf, params, slots, offsets, row, world)
             shard = torch.empty(size, dtype=dtype, device=device)
             if size:
                 works.append(_reduce_scatter(shard, buf, group=group, async_op=True))

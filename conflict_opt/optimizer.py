@@ -370,21 +370,21 @@ def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, to
     }
 
 
-# The wrapper's part of MultiObjectiveOptimizer.state_dict().
-_WRAPPER_KEYS = frozenset(
-    {
-        "weights",
-        "method",
-        "c",
-        "backend",
-        "primitive_backend",
-        "mode",
-        "store_dtype",
-        "accumulation",
-        "check_finite",
-        "steps",
-    }
+# The options of MultiObjectiveOptimizer (_check_options's arguments); those that decide what
+# backward gathers may not change while a step is in progress.
+_OPTIONS = (
+    "method",
+    "c",
+    "backend",
+    "primitive_backend",
+    "mode",
+    "store_dtype",
+    "accumulation",
+    "check_finite",
 )
+_GATHERING = frozenset({"mode", "store_dtype", "accumulation"})
+# The wrapper's part of MultiObjectiveOptimizer.state_dict().
+_WRAPPER_KEYS = frozenset({"weights", *_OPTIONS, "steps"})
 
 
 def _check_options(
@@ -428,21 +428,6 @@ def _check_options(
     if not isinstance(check_finite, bool):
         raise ValueError(f"`check_finite` must be a bool, got check_finite={check_finite!r}.")
     return accumulation
-
-
-# The options of MultiObjectiveOptimizer, in _check_options's order; those that decide what
-# backward gathers may not change while a step is in progress.
-_OPTIONS = (
-    "method",
-    "c",
-    "backend",
-    "primitive_backend",
-    "mode",
-    "store_dtype",
-    "accumulation",
-    "check_finite",
-)
-_GATHERING = frozenset({"mode", "store_dtype", "accumulation"})
 
 
 def _option(name: str, doc: str) -> property:
@@ -724,15 +709,9 @@ class MultiObjectiveOptimizer:
             "optimizer": self.optimizer.state_dict(),
             "wrapper": {
                 "weights": None if self.weights is None else self.weights.clone(),
-                "method": self.method,
-                "c": self.c,
-                "backend": self.backend,
-                "primitive_backend": self.primitive_backend,
-                "mode": self.mode,
-                "store_dtype": self.store_dtype,
-                # None where it follows the mode, so that it goes on doing so after loading.
-                "accumulation": self._options()["accumulation"],
-                "check_finite": self.check_finite,
+                # accumulation None where it follows the mode, so that it goes on doing so
+                # after loading.
+                **self._options(),
                 "steps": self.steps,
             },
         }
@@ -1039,8 +1018,7 @@ class MultiObjectiveOptimizer:
         shard of the averaged gradients, its part of the Gram completed by a K×K all-reduce,
         the same solve on every rank, this rank's part of Σ a_k g_k, gathered into ``.grad``."""
         k = len(grads)
-        dtypes = [p.dtype if self.store_dtype is None else self.store_dtype for p in params]
-        shards = _distributed.scatter(params, grads, dtypes, self._group)
+        shards = _distributed.scatter(params, grads, self._slot_dtypes(params), self._group)
         device = params[0].device
         local = [[part.grads[i] for part in shards] for i in range(k)]
         if shards:
@@ -1065,9 +1043,13 @@ class MultiObjectiveOptimizer:
     ) -> list[list[torch.Tensor | None]]:
         """The per-objective gradients averaged across the process group
         (:func:`conflict_opt._distributed.average`); the entries of ``grads`` are dropped."""
+        return _distributed.average(params, grads, self._slot_dtypes(params), self._group, agreed)
+
+    def _slot_dtypes(self, params: list[torch.Tensor]) -> list[torch.dtype]:
+        """The dtype of each parameter's gathered gradients: the store's in store mode where
+        set (``_gradients`` converts them all), else the parameter's."""
         dtype = self.store_dtype if self.mode == "store" else None
-        dtypes = [p.dtype if dtype is None else dtype for p in params]
-        return _distributed.average(params, grads, dtypes, self._group, agreed)
+        return [p.dtype if dtype is None else dtype for p in params]
 
     def _native_solve_cached(self, k: int) -> tuple[list[float], tuple] | None:
         """:func:`_native_solve` on CPU for this wrapper's options, kept while they and the
