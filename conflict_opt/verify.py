@@ -1,4 +1,5 @@
-"""Check RACO's convergence theory on synthetic problems with known structure (RACO.md §3).
+"""Check RACO's convergence theory on synthetic problems with known structure
+(RACO §3, Theorems 3.1 and 3.2).
 
 Deterministic gradient descent θ_{t+1} = θ_t − η Σ_k a_k(θ_t) ∇L_k(θ_t), with a = solve(...).coeffs,
 run on convex quadratics, least squares and logistic regression (``conflict_opt.problems``), and

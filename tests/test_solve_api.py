@@ -255,7 +255,7 @@ def test_nonfinite_problem_does_not_poison_its_batch() -> None:
 
 @pytest.mark.parametrize("backend", FAST)
 def test_single_objective(backend: str) -> None:
-    """K = 1: p = w = 1 and G_0 = g + c‖g‖ g/‖g‖, so a = 1 + c (RACO.md §1, no rescaling)."""
+    """K = 1: p = w = 1 and G_0 = g + c‖g‖ g/‖g‖, so a = 1 + c (RACO Algorithm 1, no rescaling)."""
     gram = torch.tensor([[4.0]], dtype=torch.float64)
     for method, expected in [("cagrad_clip", 1.4), ("cagrad", 1.4), ("mgda", 1.0), ("linear", 1.0)]:
         res = conflict_opt.solve(gram, method=method, c=0.4, backend=backend, strict=True)

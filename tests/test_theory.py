@@ -1,5 +1,5 @@
-"""Properties the math promises (RACO.md §1–3), invariances, the golden table and named
-regressions for the failure modes seen in peers (ANCHORS.md, failure modes 1–4)."""
+"""Properties the math promises (RACO Algorithm 1 and §3), invariances, the golden table and named
+regressions for the failure modes seen in peers (docs/solvers.md, "Peers' failure modes" 1–4)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def gram_norm(gram: np.ndarray, a: np.ndarray) -> float:
     return float(np.sqrt(max(a @ gram @ a, 0.0)))
 
 
-# --- RACO.md §1: the update ---------------------------------------------------------------------
+# --- RACO Algorithm 1: the update -----------------------------------------------------------------
 
 
 @given(problems(), st.sampled_from(("cagrad_clip", "cagrad")), st.sampled_from(FAST))
@@ -74,7 +74,7 @@ def test_c_zero_is_linear_scalarisation(problem, method, backend) -> None:
 
 @given(problems(), st.sampled_from(FAST))
 def test_cagrad_strong_duality(problem, backend) -> None:
-    """min_i ⟨g_i, d⟩ = Φ(p*) for the unclipped update d = G_0 (RACO.md §1, primal view).
+    """min_i ⟨g_i, d⟩ = Φ(p*) for the unclipped update d = G_0 (strong duality, primal view).
 
     The primal optimum is recovered as g_0 + c‖g_0‖ G_p/‖G_p‖ only where G_p ≠ 0; at a zero-norm
     dual (e.g. exactly opposite gradients) RACO's rule G_0 = g_0 applies instead.
@@ -145,7 +145,7 @@ def test_two_objective_clipping_never_lowers_the_anchor_cosine(seed, c, backend)
 
 
 def test_three_objective_clipping_can_lower_the_anchor_cosine() -> None:
-    """RACO.md §3: the strict gain is a two-objective result; with K = 3 clipping lowers ρ on a
+    """RACO §3: the strict gain is a two-objective result; with K = 3 clipping lowers ρ on a
     measurable fraction of random instances. The test fails if none is found in 400."""
     lowered = 0
     for seed in range(400):
@@ -188,7 +188,7 @@ def test_scaling_the_gram_leaves_coefficients_unchanged(problem, method, exponen
     assert gram_norm(case.gram, diff) <= 1e-9 * np.sqrt(np.diag(case.gram).max())
 
 
-# --- golden table (independent implementation, ../shared/golden) -------------------------------
+# --- golden table (independent implementation, tests/data/solver_golden.json) -------------------
 
 
 GOLDEN_BACKENDS = [
@@ -225,7 +225,7 @@ def test_golden_table_covers_two_and_three_objectives() -> None:
     assert ks.count(2) >= 5 and ks.count(3) >= 5
 
 
-# --- named regressions for ANCHORS.md failure modes ----------------------------------------------
+# --- named regressions for the peers' failure modes (docs/solvers.md) -----------------------------
 
 
 def slsqp_cagrad(gram: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:

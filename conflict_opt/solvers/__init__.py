@@ -138,7 +138,8 @@ def solve(
 ) -> SolveResult:
     r"""Coefficients a of a conflict-averse update Σ_k a_k g_k from the Gram H_ij = ⟨g_i, g_j⟩.
 
-    With g_0 = Σ w_i g_i and G_p = Σ p_i g_i, the CAGrad methods solve the dual (RACO.md §1)
+    With g_0 = Σ w_i g_i and G_p = Σ p_i g_i, the CAGrad methods solve the dual
+    (RACO Algorithm 1, step 3)
 
         p ∈ argmin_{p ∈ Δ_K}  G_pᵀ g_0 + c ‖g_0‖ ‖G_p‖,
 

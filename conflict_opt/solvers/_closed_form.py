@@ -1,4 +1,5 @@
-"""Exact solutions of the normalised dual for K ≤ 3 by candidate enumeration (RACO.md §2).
+"""Exact solutions of the normalised dual for K ≤ 3 by candidate enumeration
+(docs/solvers.md, "Closed form").
 
 Edge (K = 2, and each edge for K = 3). On the segment p = λe_i + (1 − λ)e_j, with
 q2 = ‖g_i − g_j‖², λ0 = ⟨g_j − g_i, g_j⟩ / q2 (the min-norm point of the line, MGDA's γ*) and
@@ -8,7 +9,7 @@ m = (H_ii H_jj − H_ij²) / q2 (its squared norm), ‖G_p‖² = q2 (λ − λ0
 
 h'(λ) = 0 reads q2 x / sqrt(q2 x² + m) = κ with x = λ − λ0 and κ = −δ/σ, which has the single
 solution x = κ sqrt(m / (q2 (q2 − κ²))) when κ² < q2 (else h is monotone). Solving for x this way
-instead of squaring h' = 0 into a quadratic in λ (RACO.md §2) gives no spurious roots and no
+instead of squaring h' = 0 into a quadratic in λ gives no spurious roots and no
 cancellation in the coefficients; since h is convex, clamping the stationary point to [0, 1] and
 comparing with both endpoints yields the edge minimum.
 

@@ -27,7 +27,7 @@ Anything below goes to the torch path.
 
 The active set (backend ``"iterative"``). For a smooth optimum of min_{p∈Δ} βᵀp + σ‖G_p‖ put
 q = σp/‖G_p‖ ≥ 0: the KKT conditions read β + H̄q − ν𝟏 ≥ 0 ⟂ q ≥ 0 with qᵀH̄q = σ², and
-Φ* = ν (RACO.md §2, the interior formula applied to a face). For fixed ν the complementarity
+Φ* = ν (the closed form's interior KKT formula applied to a face). For fixed ν the complementarity
 part is the KKT system of min_{q≥0} ½qᵀH̄q − (ν𝟏 − β)ᵀq, whose solution q(ν) is piecewise linear
 in ν, starts at 0 for ν ≤ min β, and has s(ν) = q(ν)ᵀH̄q(ν) increasing for positive definite H̄
 (ds/dν = 2𝟏ᵀq on each piece). :func:`_homotopy` follows q(ν) from ν = min β piece by piece, like

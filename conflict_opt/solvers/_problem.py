@@ -7,13 +7,14 @@ Every method except ``"linear"`` reduces to one convex problem on the simplex Δ
 where H̄ = H / trace(H) is the trace-normalised Gram matrix (so the answer cannot depend on the
 gradient scale) and
 
-* CAGrad / CAGrad-Clip (RACO.md §1, step 3, divided by ‖g_0‖): β = H̄w / ‖ḡ_0‖, σ = c, with
+* CAGrad / CAGrad-Clip (RACO Algorithm 1, step 3, divided by ‖g_0‖): β = H̄w / ‖ḡ_0‖, σ = c, with
   ‖ḡ_0‖ = sqrt(wᵀH̄w). Φ·‖ḡ_0‖ is exactly RACO's Φ(p) = G_pᵀg_0 + c‖g_0‖‖G_p‖ on H̄;
 * MGDA: β = 0, σ = 1. min ‖G_p‖ and min ‖G_p‖² (Désidéri 2012; Sener & Koltun 2018) have the
   same minimisers, so the min-norm problem is the zero-anchor case of the same dual.
 
-The primal problem (strong duality, RACO.md §1) is max_{u ∈ span, ‖u‖ ≤ σ} min_i (β_i + ⟨ḡ_i, u⟩)
-and its optimal value equals Φ*. Any feasible u therefore certifies Φ(p) − Φ* ≤ Φ(p) − ψ(u) with
+The primal problem (strong duality; Liu et al. 2021) is
+max_{u ∈ span, ‖u‖ ≤ σ} min_i (β_i + ⟨ḡ_i, u⟩), and its optimal value equals Φ*. Any feasible
+u therefore certifies Φ(p) − Φ* ≤ Φ(p) − ψ(u) with
 ψ(u) = min_i (β_i + ⟨ḡ_i, u⟩); :func:`certificate` evaluates this for u = σ G_p/‖G_p‖ (which makes
 the bound the Frank–Wolfe gap and the KKT residual of p), for u = 0, and for a solver-supplied u.
 """
@@ -263,7 +264,7 @@ def face(
     """Exact KKT points and a primal certificate on the face spanned by the support S of ``p``.
 
     S = {i : p_i > threshold · max_j p_j}. On the face, a smooth optimum satisfies
-    H_SS q = ν𝟏 − β_S and q_Sᵀ H_SS q_S = σ² with q = σp/‖G_p‖ (RACO.md §2, the interior formula
+    H_SS q = ν𝟏 − β_S and q_Sᵀ H_SS q_S = σ² with q = σp/‖G_p‖ (the closed form's interior formula
     applied to a face), so A ν² − 2Bν + C − σ² = 0 with A = 𝟏ᵀH_SS⁺𝟏, B = 𝟏ᵀH_SS⁺β_S,
     C = β_Sᵀ H_SS⁺ β_S. A non-smooth optimum has G_p = 0: p_S in the null space of H_SS.
     The primal point u = Σ_S x_j ḡ_j with x_S = H_SS⁺(Φ(p)𝟏 − β_S) certifies p both at a smooth
@@ -393,8 +394,8 @@ def coefficients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Coefficients a ``[B, K]`` and clipped dual p̃ ``[B, K]`` from the dual ``p [B, K]``.
 
-    RACO.md §1: a = w + (c‖g_0‖ / ‖G̃_p‖) p̃ with p̃ = min(p, w) for CAGrad-Clip (p̃ = p for
-    CAGrad), and a = w when ‖G̃_p‖ vanishes. No (1 + c) or (1 + c²) rescaling.
+    RACO Algorithm 1, steps 4 to 6: a = w + (c‖g_0‖ / ‖G̃_p‖) p̃ with p̃ = min(p, w) for
+    CAGrad-Clip (p̃ = p for CAGrad), and a = w when ‖G̃_p‖ vanishes. No (1 + c) or (1 + c²) rescaling.
     MGDA: a = p.
     """
     if method == "mgda":
