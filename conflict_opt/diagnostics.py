@@ -17,8 +17,9 @@ class Diagnostics(NamedTuple):
         relative_norm: ``[...]`` ‖d‖ / ‖g_0‖ with g_0 = Σ w_i g_i; at most 1 + c for the CAGrad
             methods, inf where g_0 = 0 ≠ d, NaN where both vanish.
         conflict: ``[...]`` bool, some objective has ⟨g_i, d⟩ < 0 (d increases L_i).
-        clipping_active: ``[...]`` bool, some p_i > w_i (the clip changed the dual); ``None``
-            when no dual was given.
+        clipping_active: ``[...]`` bool, some p_i > w_i: RACO's clip p̃ = min(p, w) changes
+            this dual (for a CAGrad-Clip solve, it did; for another method's dual, it would).
+            ``None`` when no dual was given.
     """
 
     directional: torch.Tensor

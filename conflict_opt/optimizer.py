@@ -70,10 +70,22 @@ class Aggregation(NamedTuple):
 
 
 def _check_weights(weights: Any) -> torch.Tensor | None:
-    """``weights`` as a float64 CPU vector, checked by the solver's own simplex validation."""
+    """``weights`` as a float64 CPU vector, checked by the solver's own simplex validation.
+
+    A float64 CPU tensor is kept as it is (documented: a weight schedule may change it in place,
+    which ``Tensor._version`` counts); anything else is copied, so that a numpy array changed in
+    place later, which no version counter sees, cannot change the weights behind the checks."""
     if weights is None:
         return None
-    w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+    try:
+        if isinstance(weights, torch.Tensor):
+            w = weights.detach().to(device="cpu", dtype=torch.float64)
+        else:
+            w = torch.tensor(weights, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"`weights` must be a [K] vector of real numbers, got weights={weights!r} ({err})."
+        ) from None
     if w.ndim != 1 or w.numel() == 0:
         raise ValueError(f"`weights` must be a non-empty [K] vector, got shape={tuple(w.shape)}.")
     k = w.numel()
@@ -97,14 +109,15 @@ def aggregate_(
     H = gram(per_objective_grads); a = solve(H, weights, method, c, backend).coeffs;
     ``params[t].grad`` ← Σ_k a_k g_k[t] (``+=`` with ``accumulate``). A missing ``.grad`` is
     allocated; a parameter that no objective reaches is left as it is (``.grad`` None after
-    ``zero_grad``, as after a plain backward). No host synchronisation: the coefficients stay
-    on the device.
+    ``zero_grad``, as after a plain backward). The coefficients stay on the device; the only
+    host read is the weights' check (none for a list or a CPU tensor).
 
     Args:
-        params: the T parameters.
+        params: the T distinct parameters.
         per_objective_grads: K sequences of T gradients (``None`` where objective k does not
             reach parameter t), as returned by ``torch.autograd.grad(..., allow_unused=True)``.
-        weights: ``[K]`` user weights on the simplex (default uniform).
+        weights: ``[K]`` user weights on the simplex (default uniform), checked as
+            :func:`conflict_opt.solve` checks them.
         method, c, backend: as for :func:`conflict_opt.solve`.
         primitive_backend: backend of :func:`conflict_opt.gram` and
             :func:`conflict_opt.combine_`.
@@ -119,8 +132,8 @@ def aggregate_(
         :class:`Aggregation` with the :class:`SolveResult` and the ``[K, K]`` float64 Gram.
 
     Raises:
-        ValueError: mismatched counts or shapes (the message names them), bad weights or
-            options.
+        ValueError: mismatched counts or shapes, a parameter passed twice, weights off the
+            simplex or of the wrong length, or a bad option (the message names the value).
 
     Example:
         >>> import torch, conflict_opt
@@ -132,16 +145,17 @@ def aggregate_(
     """
     params = list(params)
     grads = [list(g) for g in per_objective_grads]
-    for k, g in enumerate(grads):
-        if len(g) != len(params):
-            raise ValueError(
-                f"objective {k} has {len(g)} gradients for {len(params)} parameters; pass one "
-                "per parameter (None where the objective does not reach it)."
-            )
+    _check_aggregate_input(params, grads, primitive_backend)
+    w = _check_weights(weights)
+    if w is not None and w.numel() != len(grads):
+        raise ValueError(
+            f"got {len(grads)} objectives' gradients for {w.numel()} weights "
+            f"(weights={w.tolist()})."
+        )
     agg = _aggregate(
         params,
         as_grads(grads),
-        weights,
+        w,
         method=method,
         c=c,
         backend=backend,
@@ -150,6 +164,44 @@ def aggregate_(
         check_out=True,
     )
     return agg.materialise() if isinstance(agg, _Deferred) else agg
+
+
+def _check_aggregate_input(
+    params: list[torch.Tensor],
+    grads: list[list[torch.Tensor | None]],
+    primitive_backend: Any,
+) -> None:
+    """:func:`aggregate_`'s own checks, each naming the bad entry: one gradient per parameter
+    and objective, of the parameter's shape; no parameter twice (its ``.grad`` would keep one
+    slot's combination while the Gram counted both); a known primitives backend."""
+    if primitive_backend not in PRIMITIVE_BACKENDS:
+        raise ValueError(
+            f"`primitive_backend` must be one of {PRIMITIVE_BACKENDS}, got "
+            f"primitive_backend={primitive_backend!r}."
+        )
+    if not grads:
+        raise ValueError("`per_objective_grads` must hold at least one objective, got none.")
+    first: dict[int, int] = {}
+    for t, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise ValueError(f"params[{t}] must be a tensor, got {type(p).__name__}.")
+        if first.setdefault(id(p), t) != t:
+            raise ValueError(
+                f"params[{first[id(p)]}] and params[{t}] are the same tensor: pass each "
+                "parameter once, with each objective's gradients for it summed."
+            )
+    for k, g in enumerate(grads):
+        if len(g) != len(params):
+            raise ValueError(
+                f"objective {k} has {len(g)} gradients for {len(params)} parameters; pass one "
+                "per parameter (None where the objective does not reach it)."
+            )
+        for t, x in enumerate(g):
+            if isinstance(x, torch.Tensor) and x.shape != params[t].shape:
+                raise ValueError(
+                    f"objective {k}'s gradient for params[{t}] has shape {tuple(x.shape)}, "
+                    f"but the parameter has shape {tuple(params[t].shape)}."
+                )
 
 
 def _aggregate(
@@ -350,7 +402,7 @@ def _reusable(
 
 def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, torch.Tensor]:
     """The diagnostics dict of ``MultiObjectiveOptimizer.last_info`` for one solve."""
-    diag = diagnostics(h, w, result.coeffs, dual=result.dual)
+    diag = diagnostics(h, w, result.coeffs)
     norms = h.diagonal().clamp_min(0.0).sqrt()
     outer = norms[:, None] * norms[None, :]
     cos = torch.where(outer > 0, h / torch.where(outer > 0, outer, 1.0), 0.0)
@@ -358,7 +410,9 @@ def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, to
         "coeffs": result.coeffs,
         "dual": result.dual,
         "clipped": result.clipped,
-        "clipping_active": diag.clipping_active,
+        # Whether RACO's clip changed the dual: p̃ = min(p, w) < p somewhere. Never for the
+        # methods without a clip (their clipped dual is the dual), whatever p − w is.
+        "clipping_active": (result.clipped < result.dual).any(-1),
         "pairwise_cosines": cos,
         "directional": diag.directional,
         "cosines": diag.cosines,
@@ -892,7 +946,19 @@ class MultiObjectiveOptimizer:
             raise ValueError(
                 "the wrapped optimizer has no parameter with requires_grad=True; nothing to train."
             )
-        self._k = k
+        previous, self._k = self._k, k
+        try:
+            self._gather_passes(items, params, retain_graph)
+        except BaseException:
+            # A micro-batch that failed is not counted: the next backward is checked against
+            # the earlier micro-batches' K, not against this one's.
+            self._k = previous
+            raise
+        self._pending = True
+
+    def _gather_passes(
+        self, items: list[torch.Tensor], params: list[torch.Tensor], retain_graph: bool
+    ) -> None:
         if self._group is not None:
             _distributed.check_whole(params)
         if self.mode == "gram_first":
@@ -903,7 +969,6 @@ class MultiObjectiveOptimizer:
                 self._solve_and_write(params, grads, accumulate=True)
             else:
                 self._keep(params, grads)
-        self._pending = True
 
     def _gradients(
         self, items: list[torch.Tensor], params: list[torch.Tensor], retain_graph: bool = False
@@ -968,6 +1033,9 @@ class MultiObjectiveOptimizer:
         accumulate: bool,
         reuse: bool = False,
     ) -> None:
+        # backward checked the weights; a change in place since then is checked here, before
+        # anything is computed (a version comparison when there was none).
+        self._checked_weights(len(grads))
         steal = True  # whether the store's tensors may become .grad (with reuse)
         if self._group is not None:
             if self._sharded:
@@ -1071,6 +1139,14 @@ class MultiObjectiveOptimizer:
     ) -> None:
         k = len(items)
         device = items[0].device
+        for t, p in enumerate(params):
+            if not p.is_floating_point():
+                # The store's checks name such a parameter; here the norms would fail inside
+                # torch with a message about vector_norm.
+                raise ValueError(
+                    f"parameter {t} (shape {tuple(p.shape)}) has dtype {p.dtype}: the "
+                    f"gradients must be one of {FLOAT_DTYPES}."
+                )
         if self._group is not None:
             # Once for the K(K+1)/2 + 1 passes, each averaged across the ranks: they must agree
             # on K (the number of passes) and on the parameters.
@@ -1100,6 +1176,9 @@ class MultiObjectiveOptimizer:
         h = self._unscale(h)
         w = self._weights_for(k, device)
         result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
+        # With bfloat16 or float16 losses the coefficients reach the graph in that dtype
+        # whatever the dtype of this sum: autograd hands a loss its gradient in the loss's own
+        # dtype (documented: compute such losses in float32).
         coeffs = result.coeffs.to(items[0].dtype)
         total = (torch.stack(items) * coeffs).sum()
         if params and self._group is not None:
@@ -1250,8 +1329,12 @@ class MultiObjectiveOptimizer:
                 # averaging drops as it packs them.
                 self._first = None
                 self._store.clear()
-            # The store is the wrapper's own and is dropped below: its tensors may become .grad.
-            self._solve_and_write(params, grads, accumulate=False, reuse=True)
+            # A .grad that exists now (another backward's gradient, or zeros after
+            # zero_grad(set_to_none=False)) is added to, as backward adds and as the other modes
+            # do. The store is the wrapper's own and is dropped below: its tensors may become
+            # .grad where there is none.
+            accumulate = any(p.grad is not None for p in params)
+            self._solve_and_write(params, grads, accumulate=accumulate, reuse=True)
         nonfinite = self._nonfinite
         self._reset()
         return nonfinite

@@ -7,6 +7,7 @@ import copy
 import io
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -687,9 +688,44 @@ def test_own_store_on_several_devices_goes_to_validation() -> None:
 
 def test_aggregate_checks_gradients_against_the_parameters() -> None:
     p = nn.Parameter(torch.zeros(2))
-    with pytest.raises(ValueError, match=r"`out\[0\]` must have the gradients' shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"objective 0's gradient for params\[0\] has shape \(3,\), but the "
+    ):
         conflict_opt.aggregate_([p], [[torch.ones(3)], [torch.ones(3)]])
-    assert p.grad is None or p.grad.shape == (2,)
+    assert p.grad is None
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([2.0, -1.0], "must be nonnegative"),
+        ([float("nan"), 0.5], "must be finite"),
+        ([3.0, 1.0], "must sum to 1"),
+        ("ab", "must be a \\[K\\] vector of real numbers, got weights='ab'"),
+        ([0.5, None], "real numbers, got weights=\\[0.5, None\\]"),
+        ([0.5, 0.3, 0.2], "got 2 objectives' gradients for 3 weights"),
+    ],
+)
+@pytest.mark.parametrize("method", ["cagrad_clip", "linear"])
+def test_aggregate_checks_the_weights(weights, message: str, method: str) -> None:
+    """As solve() and the wrapper check them: before, the fused path's hand-back ran the solve
+    with validate=False, and [2, -1] stepped with coefficients [2.98, -1.96], status OPTIMAL."""
+    p = nn.Parameter(torch.zeros(2))
+    g = [[torch.tensor([1.0, 0.0])], [torch.tensor([-0.5, 1.0])]]
+    with pytest.raises(ValueError, match=message):
+        conflict_opt.aggregate_([p], g, weights, method=method)
+    assert p.grad is None
+
+
+def test_aggregate_refuses_a_parameter_twice_and_names_the_backend_option() -> None:
+    p = nn.Parameter(torch.zeros(2))
+    g = [[torch.ones(2), torch.ones(2)], [torch.ones(2), -torch.ones(2)]]
+    # The Gram would count both slots while .grad kept the last slot's combination only.
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] are the same tensor"):
+        conflict_opt.aggregate_([p, p], g)
+    with pytest.raises(ValueError, match=r"`primitive_backend` must be one of .* got "):
+        conflict_opt.aggregate_([p], [[torch.ones(2)]], primitive_backend="foo")
+    assert p.grad is None
 
 
 # ------------------------------------------------------------------------------ closures
@@ -1192,3 +1228,104 @@ def test_gathering_options_cannot_change_between_backward_and_step(name, value) 
         assert torch.equal(a, b)
     setattr(opt, name, value)  # and between steps it is allowed
     assert getattr(opt, name) == value
+
+
+# ------------------------------------------------------------------------------ review fixes
+def test_numpy_weights_are_copied_and_a_change_in_place_before_step_is_checked() -> None:
+    """A numpy array is copied: changing it later changes nothing, in either mode (before, store
+    mode kept solving with the cached old values while gram_first read the new ones). Weights
+    changed in place between backward and step are checked before the step computes."""
+    arr = np.array([0.6, 0.3, 0.1])
+    coeffs = {}
+    for mode in ("store", "gram_first"):
+        model = _model()
+        opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), arr, mode=mode)
+        arr[:] = [0.1, 0.1, 0.8]
+        opt.step(model.losses(*_data(0)))
+        arr[:] = [0.6, 0.3, 0.1]
+        assert opt.weights.tolist() == [0.6, 0.3, 0.1]
+        info = opt.last_info
+        ref = conflict_opt.solve(info["gram"], [0.6, 0.3, 0.1])
+        torch.testing.assert_close(info["coeffs"], ref.coeffs)
+        coeffs[mode] = info["coeffs"]
+    torch.testing.assert_close(coeffs["store"], coeffs["gram_first"], rtol=1e-5, atol=1e-7)
+
+    model = _model()
+    w = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), w)
+    before = _params(model)
+    opt.zero_grad()
+    opt.backward(model.losses(*_data(0)))
+    w.copy_(torch.tensor([2.0, -1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"changed in place to \[2.0, -1.0, 0.0\]"):
+        opt.step()
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b) and a.grad is None
+    w.copy_(torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64))
+    opt.step()  # the pending step, with valid weights again
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"accumulation": "per_micro_batch"},
+        {"mode": "gram_first"},
+        {"store_dtype": torch.float64},
+    ],
+)
+def test_an_existing_grad_is_added_to_in_every_mode(kw: dict) -> None:
+    """A gradient already in .grad (another backward before the wrapper's) is added to, as a
+    torch backward adds; before, the default mode overwrote it ([1, -1]) while the others added
+    to it."""
+    p = nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = MultiObjectiveOptimizer(torch.optim.SGD([p], lr=0.1), method="linear", **kw)
+    opt.zero_grad()
+    (100 * p.sum()).backward()
+    opt.backward([p[0] ** 2, (p[1] - 3) ** 2])
+    opt.aggregate()
+    assert p.grad.tolist() == pytest.approx([101.0, 99.0])
+    # zero_grad(set_to_none=False) leaves zeros, which the step adds to: the same as None.
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+    opt.backward([p[0] ** 2, (p[1] - 3) ** 2])
+    opt.aggregate()
+    expected = [0.5 * 2 * p[0].item(), 0.5 * 2 * (p[1].item() - 3)]
+    assert p.grad.tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad", "mgda"])
+def test_clipping_active_only_where_the_clip_changed_the_dual(method: str) -> None:
+    """Gradients whose dual puts all its weight on objective 1 (p_1 = 1 > w_1 = 0.3): only
+    CAGrad-Clip clips; the others' clipped dual is their dual, and the flag must say so."""
+    p = nn.Parameter(torch.zeros(2))
+    g = [torch.tensor([1.0, 0.0]), torch.tensor([-0.9, 0.2]), torch.tensor([0.1, 1.0])]
+    opt = MultiObjectiveOptimizer(torch.optim.SGD([p], lr=0.1), [0.2, 0.3, 0.5], method=method)
+    opt.backward([(p * gi).sum() for gi in g])
+    opt.aggregate()
+    info = opt.last_info
+    clipped = bool((info["clipped"] < info["dual"]).any())
+    assert bool(info["clipping_active"]) == clipped == (method == "cagrad_clip")
+
+
+def test_a_failed_backward_does_not_count_towards_the_step() -> None:
+    """A backward that raised in its passes kept nothing; the next one, with another number
+    of losses, is not refused as disagreeing with it."""
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    losses = model.losses(*_data(0))[:2]
+    losses[0].backward()  # frees the graph: the wrapper's first pass fails
+    with pytest.raises(RuntimeError):
+        opt.backward(losses)
+    opt.backward(model.losses(*_data(1)))  # three losses
+    opt.step()
+    assert opt.last_info["coeffs"].shape == (3,)
+
+
+def test_gram_first_names_a_complex_parameter() -> None:
+    p = nn.Parameter(torch.ones(2, dtype=torch.complex64))
+    opt = MultiObjectiveOptimizer(torch.optim.SGD([p], lr=0.1), mode="gram_first")
+    with pytest.raises(ValueError, match=r"parameter 0 \(shape \(2,\)\) has dtype torch.complex64"):
+        opt.backward([p.abs().sum(), p.real.sum()])
+    assert p.grad is None
