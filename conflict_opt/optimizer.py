@@ -642,8 +642,9 @@ class MultiObjectiveOptimizer:
 
         Assign new ones at any step (a weight schedule): they are checked as the constructor
         checks them. A float64 CPU tensor passed in is kept, not copied, so changing it in
-        place changes the weights too; such a change is checked at the next ``backward``
-        (``Tensor._version`` counts in-place changes) and raises there if it left the simplex.
+        place changes the weights too; such a change is checked at the next ``backward`` and at
+        the step (``Tensor._version`` counts in-place changes) and raises if it left the
+        simplex. Anything else (a list, a numpy array) is copied.
         """
         return self._weights
 
