@@ -28,7 +28,8 @@ class Status(enum.IntEnum):
             or the closed form or the reference could not certify its answer.
         DEGENERATE: the problem has no well-defined direction and the documented convention
             was applied (zero Gram matrix, or a vanishing weighted gradient ‖g_0‖ = 0).
-        NONFINITE: the Gram matrix had NaN or Inf entries; coefficients are zero.
+        NONFINITE: the Gram matrix had NaN or Inf entries, or (with ``validate=False``) the
+            weights made the coefficients or the gap non-finite; coefficients are zero.
     """
 
     OPTIMAL = 0
@@ -36,6 +37,10 @@ class Status(enum.IntEnum):
     MAX_ITER = 2
     DEGENERATE = 3
     NONFINITE = 4
+
+
+# Unbatched results with more objectives than this print a summary of the coefficients.
+_REPR_MAX_K = 8
 
 
 class SolveResult(NamedTuple):
@@ -67,9 +72,16 @@ class SolveResult(NamedTuple):
         counts = {s.name: int((self.status == s).sum()) for s in Status}
         summary = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
         if self.status.ndim == 0:
+            tail = f"status={Status(int(self.status)).name}, gap={float(self.gap):.3g})"
+            coeffs = self.coeffs.detach()
+            if coeffs.numel() > _REPR_MAX_K:
+                # Hundreds of values are unreadable at a prompt: their count and range instead.
+                return (
+                    f"SolveResult(coeffs=<{coeffs.numel()} values in "
+                    f"[{float(coeffs.min()):.4g}, {float(coeffs.max()):.4g}]>, {tail}"
+                )
             return (
-                f"SolveResult(coeffs={self.coeffs.tolist()}, dual={self.dual.tolist()}, "
-                f"status={Status(int(self.status)).name}, gap={float(self.gap):.3g})"
+                f"SolveResult(coeffs={coeffs.tolist()}, dual={self.dual.detach().tolist()}, {tail}"
             )
         if self.gap.numel() == 0:
             return f"SolveResult(shape={shape}, empty batch)"

@@ -134,6 +134,21 @@ def test_what_it_cannot_certify_goes_to_the_torch_path(name: str, backend: str) 
     assert _host.solve_host(gram, weights, method, 0.4, backend, True) is None
 
 
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_gradient_vertex_handed_over_ends_optimal(backend: str, method: str) -> None:
+    """The dual optimum is the vertex of a zero gradient (G_p* = 0): the host path cannot
+    certify a zero norm and hands it over, and the torch path's certificate must then prove it
+    OPTIMAL (the closed form's once ended MAX_ITER, gap 0.164)."""
+    g = torch.tensor([[1.0, 0.0], [0.0, 0.0], [-0.5, 3.0]], dtype=torch.float64)
+    gram, w = g @ g.T, [0.5, 0.5, 0.0]
+    assert _host.solve_host(gram, w, method, 0.4, backend, True) is None
+    res = conflict_opt.solve(gram, w, method=method, backend=backend)
+    assert Status(int(res.status)) == Status.OPTIMAL and float(res.gap) <= 1e-9
+    torch.testing.assert_close(res.dual, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(res.coeffs, torch.tensor(w, dtype=torch.float64))
+
+
 def test_rank_deficient_grams_go_to_the_interior_point() -> None:
     """The active set takes positive definite Grams only (every face then has a unique KKT
     point); the closed form takes them, its candidates being certified one by one."""

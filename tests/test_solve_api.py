@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -35,6 +36,30 @@ def test_c_of_wrong_type_is_rejected() -> None:
     gram, w = conflict_gram()
     with pytest.raises(ValueError, match=r"got c='0\.4'"):
         conflict_opt.solve(gram, w, c="0.4")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("c", [np.float32(0.4), np.float16(0.4), np.float64(0.4), np.int64(0)])
+def test_c_as_a_numpy_scalar_is_accepted(c: object) -> None:
+    """Any real scalar is a radius: the same answer as the Python float of the same value."""
+    gram, w = conflict_gram()
+    res = conflict_opt.solve(gram, w, c=c)  # type: ignore[arg-type]
+    ref = conflict_opt.solve(gram, w, c=float(c))  # type: ignore[arg-type]
+    assert Status(int(res.status)) == Status.OPTIMAL
+    assert torch.equal(res.coeffs, ref.coeffs)
+
+
+@pytest.mark.parametrize("c", [True, np.bool_(False), torch.tensor(0.4)])
+def test_c_that_is_not_a_real_scalar_is_rejected(c: object) -> None:
+    gram, w = conflict_gram()
+    with pytest.raises(ValueError, match=r"`c` must be a real number in \[0, 1\), got c="):
+        conflict_opt.solve(gram, w, c=c)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("c", [np.float32("nan"), np.float32(1.5), np.int64(-1)])
+def test_numpy_c_outside_unit_interval_is_rejected(c: object) -> None:
+    gram, w = conflict_gram()
+    with pytest.raises(ValueError, match=r"`c` must be in \[0, 1\), got c="):
+        conflict_opt.solve(gram, w, c=c)  # type: ignore[arg-type]
 
 
 def test_unknown_method_and_backend_list_the_choices() -> None:
@@ -94,6 +119,9 @@ def test_roundoff_negative_eigenvalues_are_accepted() -> None:
         ([0.5, 0.5], r"shape \[K\] or \[\.\.\., K\] with K=3, got shape=\(2,\)"),
         ([float("nan"), 0.5, 0.5], "finite, got weights=\\[nan"),
         (0.3, "got shape=\\(\\)"),
+        ("abc", r"real numbers, got weights='abc'"),
+        ([0.5, None, 0.5], r"real numbers, got weights=\[0.5, None, 0.5\]"),
+        ([[0.5], [0.25, 0.25]], r"real numbers, got weights=\[\[0.5\], \[0.25, 0.25\]\]"),
     ],
 )
 def test_bad_weights_are_rejected(weights: object, match: str) -> None:
@@ -118,6 +146,55 @@ def test_validate_false_skips_value_checks() -> None:
     gram = torch.tensor([[1.0, 0.5], [-0.5, 1.0]], dtype=torch.float64)
     res = conflict_opt.solve(gram, validate=False)  # symmetrised internally, no raise
     assert res.coeffs.shape == (2,)
+
+
+# MGDA ignores the weights, so only the other methods can be poisoned by them.
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad", "linear"])
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "torch"])
+@pytest.mark.parametrize("weights", [[0.0, 0.0, 0.0], [math.nan, 0.5, 0.5]], ids=["zero", "nan"])
+def test_unvalidated_nonfinite_weights_are_nonfinite_never_optimal(
+    method: str, backend: str, batched: bool, weights: list[float]
+) -> None:
+    """validate=False lets all-zero weights through (renormalised to 0/0): NaN coefficients and
+    a NaN gap, which compares false against every tolerance and so once read as OPTIMAL."""
+    gram, _ = conflict_gram()
+    res = conflict_opt.solve(
+        gram[None] if batched else gram, weights, method=method, backend=backend, validate=False
+    )
+    assert Status(int(res.status.reshape(()))) == Status.NONFINITE
+    assert torch.equal(res.coeffs.reshape(3), torch.zeros(3, dtype=torch.float64))
+    assert float(res.gap.reshape(())) == math.inf
+
+
+def test_nan_gap_maps_to_nonfinite() -> None:
+    from conflict_opt.solvers import _problem
+
+    gap = torch.tensor([0.0, math.nan, math.inf, 1e-3], dtype=torch.float64)
+    status = _problem.status_from_gap(gap, torch.tensor([False, True, False, True]))
+    assert [Status(int(s)) for s in status] == [
+        Status.OPTIMAL,
+        Status.NONFINITE,
+        Status.NONFINITE,
+        Status.MAX_ITER,
+    ]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "torch"])
+def test_weights_requiring_grad_do_not_leak_autograd(backend: str, batched: bool) -> None:
+    """The solve is not differentiable: weights that require grad are read as values, like the
+    Gram, and the result (and its repr) carries no graph."""
+    gram, w = conflict_gram()
+    ref = conflict_opt.solve(gram[None] if batched else gram, w, backend=backend)
+    w = w.clone().requires_grad_(True)
+    res = conflict_opt.solve(gram[None] if batched else gram, w, backend=backend)
+    for field in res:
+        assert field.grad_fn is None and not field.requires_grad
+    torch.testing.assert_close(res.coeffs, ref.coeffs, rtol=1e-12, atol=1e-14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        repr(res)
 
 
 # --- shapes, dtypes, batching -------------------------------------------------------------------
@@ -201,6 +278,20 @@ def test_repr_summarises_the_result() -> None:
     assert isinstance(batched, SolveResult)
 
 
+def test_repr_of_many_objectives_summarises_the_coefficients() -> None:
+    """Up to 8 objectives the values are printed; beyond, their count and range only."""
+    eight = conflict_opt.solve(torch.eye(8, dtype=torch.float64), method="mgda")
+    assert "coeffs=[0.125, 0.125" in repr(eight) and "dual=[" in repr(eight)
+    gram, w = conflict_gram(9)
+    res = conflict_opt.solve(gram, w)
+    text = repr(res)
+    low, high = float(res.coeffs.min()), float(res.coeffs.max())
+    assert text == (
+        f"SolveResult(coeffs=<9 values in [{low:.4g}, {high:.4g}]>, "
+        f"status=OPTIMAL, gap={float(res.gap):.3g})"
+    )
+
+
 # --- degenerate policy ----------------------------------------------------------------------------
 
 
@@ -279,6 +370,20 @@ def test_iterative_budget_exhaustion_is_reported_as_max_iter() -> None:
     assert Status(int(status)) == Status.MAX_ITER
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "torch"])
+def test_iterative_budget_grows_with_the_number_of_objectives(batched: bool) -> None:
+    """K = 129 full-rank needs 263 iterations, beyond the fixed 200 it once had: the budget is
+    max(200, 4K) (docs/solvers.md, "Iterative"), and the answer is certified."""
+    from conflict_opt.solvers import _iterative
+
+    g = torch.randn(129, 258, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gram = g @ g.T
+    res = conflict_opt.solve(gram[None] if batched else gram, backend="iterative")
+    assert Status(int(res.status.reshape(()))) == Status.OPTIMAL
+    assert float(res.gap.reshape(())) <= 1e-9
+    assert 200 < int(res.iterations.reshape(())) <= _iterative.budget(129) == 516
+
+
 def test_exact_backend_without_cvxpy_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
@@ -306,6 +411,27 @@ def test_auto_never_picks_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in (2, 3, 5):
         gram, w = conflict_gram(k)
         conflict_opt.solve(gram, w, backend="auto", strict=True)
+
+
+def zero_gradient_vertex() -> tuple[torch.Tensor, list[float]]:
+    """A zero gradient whose vertex is the dual optimum (G_p* = 0), with the third gradient's
+    constraint binding off the support: the face dual (u = 0) cannot certify it."""
+    g = torch.tensor([[1.0, 0.0], [0.0, 0.0], [-0.5, 3.0]], dtype=torch.float64)
+    return g @ g.T, [0.5, 0.5, 0.0]
+
+
+@pytest.mark.parametrize(
+    "backend", ["auto", "closed_form", "iterative", pytest.param("exact", marks=pytest.mark.exact)]
+)
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "torch"])
+def test_zero_gradient_vertex_is_certified_optimal(backend: str, batched: bool) -> None:
+    gram, w = zero_gradient_vertex()
+    res = conflict_opt.solve(gram[None] if batched else gram, w, backend=backend, strict=True)
+    assert Status(int(res.status.reshape(()))) == Status.OPTIMAL
+    assert float(res.gap.reshape(())) <= 1e-9
+    torch.testing.assert_close(res.dual.reshape(3), torch.tensor([0.0, 1.0, 0.0]).double())
+    # G̃_p = 0, so RACO's step 6 gives a = w.
+    torch.testing.assert_close(res.coeffs.reshape(3), torch.tensor(w).double())
 
 
 @pytest.mark.cuda

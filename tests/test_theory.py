@@ -352,3 +352,58 @@ def test_dual_roundoff_does_not_become_a_correction(backend: str) -> None:
         np.testing.assert_allclose(res.dual.numpy()[[0, 4]], 0.5, atol=1e-6)
         np.testing.assert_array_equal(res.clipped.numpy(), 0.0)
         np.testing.assert_allclose(res.coeffs.numpy(), w, atol=1e-15)
+
+
+ZERO_NORM_KINDS = ("zero", "zero+duplicated", "zero+opposite", "duplicated", "opposite")
+
+
+def zero_norm_prone(rng: np.random.Generator, k: int, kind: str) -> np.ndarray:
+    """``[K, 4]`` random gradients with one of them zero and/or one pair duplicated or opposite:
+    the inputs whose dual optimum is often a zero-norm point (G_p* = 0)."""
+    g = rng.standard_normal((k, 4))
+    if "duplicated" in kind or "opposite" in kind:
+        i, j = rng.choice(k, size=2, replace=False)
+        g[j] = g[i] if "duplicated" in kind else -g[i]
+    if kind.startswith("zero"):
+        g[rng.integers(k)] = 0.0
+    return g
+
+
+@pytest.mark.exact
+@pytest.mark.parametrize("method", ["cagrad_clip", "cagrad", "mgda"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_closed_form_certifies_zero_norm_optima(k: int, method: str) -> None:
+    """At a zero-norm optimum the closed form's answer is exact, but its certificate needs the
+    minimum-norm primal: the face dual misses constraints binding off the support (the vertex
+    of a zero gradient), which left 14% of K = 3 problems with a zero gradient at MAX_ITER.
+    Every answer, unbatched (host path) and batched (torch path), must be certified and match
+    the cvxpy reference: in Φ always, in the coefficients where the dual is unique (one zero
+    gradient), in the update where that is unique (CAGrad-Clip's clip is not, when a duplicated
+    or opposite pair lets the dual shift mass across supp(w))."""
+    rng = np.random.default_rng(100 + k)
+    cs = (0.1, 0.4, 0.7, 0.95)
+    for i in range(60):
+        kind = ZERO_NORM_KINDS[i % len(ZERO_NORM_KINDS)]
+        g = zero_norm_prone(rng, k, kind)
+        w = helpers.weights(rng, k, helpers.WEIGHT_KINDS[i % len(helpers.WEIGHT_KINDS)])
+        c = cs[(i // len(ZERO_NORM_KINDS)) % len(cs)]
+        gram = torch.tensor(g @ g.T)
+        ref = conflict_opt.solve(gram, w, method=method, c=c, backend="exact")
+        for batched in (False, True):
+            res = conflict_opt.solve(
+                gram[None] if batched else gram, w, method=method, c=c, backend="closed_form"
+            )
+            res = helpers.row(res, 0) if batched else res
+            context = (kind, w.tolist(), c, batched, res)
+            expected = Status.DEGENERATE if int(ref.status) == Status.DEGENERATE else Status.OPTIMAL
+            assert Status(int(res.status)) == expected, context
+            assert float(res.gap) <= 1e-9, context
+            case = helpers.Case(g, g @ g.T, w, kind, k, 1.0, "mixed")
+            phi = helpers.phi(case, res.dual.numpy(), c, method)
+            phi_ref = helpers.phi(case, ref.dual.numpy(), c, method)
+            assert abs(phi - phi_ref) <= 1e-9 * helpers.phi_scale(case, method), context
+            if kind == "zero":
+                torch.testing.assert_close(res.coeffs, ref.coeffs, rtol=1e-6, atol=1e-7)
+            if kind == "zero" or method != "cagrad_clip":
+                a, a_ref = res.coeffs.numpy(), ref.coeffs.numpy()
+                helpers.assert_same_direction(case, a, a_ref, context)

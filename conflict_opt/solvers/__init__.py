@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +30,9 @@ def _validate_options(method: str, backend: str, c: float, strict: bool) -> None
         raise ValueError(f"`method` must be one of {METHODS}, got method={method!r}.")
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got backend={backend!r}.")
-    if isinstance(c, bool) or not isinstance(c, (int, float)):
+    # numbers.Real takes Python and numpy real scalars (np.float32 is no float subclass); a bool
+    # is an int to Python but never a radius.
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
         raise ValueError(f"`c` must be a real number in [0, 1), got c={c!r}.")
     if not 0.0 <= float(c) < 1.0:
         raise ValueError(f"`c` must be in [0, 1), got c={c}.")
@@ -86,7 +89,14 @@ def _weights(
     batch = gram.shape[:-2]
     if weights is None:
         return torch.full((*batch, k), 1.0 / k, dtype=torch.float64, device=gram.device)
-    w = torch.as_tensor(weights, dtype=torch.float64, device=gram.device)
+    try:
+        w = torch.as_tensor(weights, dtype=torch.float64, device=gram.device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        # torch's own message ("new(): invalid data type 'str'") names neither the argument
+        # nor the value.
+        raise ValueError(
+            f"`weights` must be a tensor or a sequence of real numbers, got weights={weights!r}."
+        ) from err
     if w.ndim == 0 or w.shape[-1] != k:
         raise ValueError(
             f"`weights` must have shape [K] or [..., K] with K={k}, got shape={tuple(w.shape)}."
@@ -159,16 +169,19 @@ def solve(
 
     Degenerate inputs never raise and never hang; their policy (``docs/solvers.md``):
     zero Gram or ‖g_0‖ = 0 (CAGrad methods) → a = w, status DEGENERATE; G̃_p = 0 → a = w, as
-    RACO prescribes; NaN/Inf in a Gram → a = 0, status NONFINITE.
+    RACO prescribes; NaN/Inf in a Gram (or, with ``validate=False``, weights that make the
+    coefficients or the certificate non-finite, e.g. all zero) → a = 0, status NONFINITE.
 
     Args:
         gram: ``[..., K, K]`` symmetric PSD Gram matrices; leading dimensions are a batch of
             independent problems. Any floating dtype; the solve runs in float64.
         weights: ``[K]`` or ``[..., K]`` user weights on the simplex; default uniform.
         method: ``"cagrad_clip"``, ``"cagrad"``, ``"mgda"`` or ``"linear"``.
-        c: the radius c ∈ [0, 1) of the conflict-averse ball (paper default 0.4).
+        c: the radius c ∈ [0, 1) of the conflict-averse ball (paper default 0.4); any real
+            scalar (Python or numpy), not a bool.
         backend: ``"closed_form"`` (exact, K ≤ 3), ``"iterative"`` (batched interior point in
-            torch, any K, on the Gram's device), ``"exact"`` (cvxpy + CLARABEL reference, CPU),
+            torch, any K, on the Gram's device; budget max(200, 4K) iterations, MAX_ITER past
+            it), ``"exact"`` (cvxpy + CLARABEL reference, CPU),
             or ``"auto"`` (closed form for K ≤ 3, iterative otherwise; never exact).
             One unbatched ``[K, K]`` CPU Gram first goes to a host path (the closed form in
             scalar Python; for ``"iterative"`` an exact active-set homotopy on LAPACK), which
@@ -183,8 +196,9 @@ def solve(
         dtype promoted to at least float32, and ``status``, ``iterations``, ``gap`` ``[...]``.
 
     Raises:
-        ValueError: bad option, shape, dtype, or (with ``validate``) a Gram that is clearly
-            asymmetric or indefinite, or weights off the simplex. The message names the value.
+        ValueError: bad option, shape, dtype, weights that are not real numbers, or (with
+            ``validate``) a Gram that is clearly asymmetric or indefinite, or weights off the
+            simplex. The message names the value.
         ImportError: ``backend="exact"`` without the ``[exact]`` extra.
         SolverError: with ``strict=True``, when a problem is not OPTIMAL or INACCURATE.
 
@@ -199,6 +213,12 @@ def solve(
         True
     """
     _validate_options(method, backend, c, strict)
+    # From here on c is a Python float (a numpy scalar would leak its dtype into the arithmetic).
+    c = float(c)
+    if isinstance(weights, torch.Tensor):
+        # The solve is not differentiable, like the Gram (detached below): weights that require
+        # grad would otherwise leak a graph into a = w + ….
+        weights = weights.detach()
     if (
         isinstance(gram, torch.Tensor)
         and gram.ndim == 2
@@ -249,6 +269,15 @@ def solve(
         status = torch.where(problem.degenerate, int(Status.DEGENERATE), status)
         gap = torch.where(problem.degenerate, 0.0, gap)
         nonfinite = problem.nonfinite
+    # Non-finite weights (possible with validate=False: NaN, or all zeros renormalised to 0/0)
+    # give non-finite coefficients or gap; those follow the NaN-Gram policy instead of passing
+    # as OPTIMAL (a NaN gap compares false against every tolerance). torch.where only: no sync.
+    nonfinite = (
+        nonfinite
+        | ~torch.isfinite(coeffs).all(-1)
+        | ~torch.isfinite(p).all(-1)
+        | ~torch.isfinite(gap)
+    )
     zeros = torch.zeros_like(flat_w)
     coeffs = torch.where(nonfinite[:, None], zeros, coeffs)
     p = torch.where(nonfinite[:, None], zeros, p)

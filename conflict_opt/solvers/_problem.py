@@ -182,8 +182,9 @@ def certificate(
         problem: the normalised problem.
         p: ``[B, K]`` a point of the simplex.
         u_coords: optional ``[B, K]`` primal candidate u in the orthonormal coordinates of the
-            factor (⟨ḡ_i, u⟩ = (R u)_i, ‖u‖ = ‖u_coords‖), e.g. the interior-point dual; it is
-            shrunk into the ball ‖u‖ ≤ σ if needed.
+            factor (⟨ḡ_i, u⟩ = (R u)_i, ‖u‖ = ‖u_coords‖), e.g. the interior-point dual, or
+            ``[B, C, K]`` several candidates (the best one counts); each is shrunk into the ball
+            ‖u‖ ≤ σ if needed.
 
     Returns:
         ``[B]`` the smallest certified gap, divided by max_i ‖ḡ_i‖ (the scale of Φ). For MGDA
@@ -201,10 +202,13 @@ def certificate(
     psi_smooth = (problem.beta + ratio[:, None] * hp).min(-1).values
     psi = torch.where(smooth, torch.maximum(psi, psi_smooth), psi)
     if u_coords is not None:
-        hx = mv(factor, u_coords)
-        norm = (u_coords * u_coords).sum(-1).sqrt()
-        shrink = torch.where(norm > problem.sigma, problem.sigma / norm.clamp_min(1e-300), 1.0)
-        psi = torch.maximum(psi, (problem.beta + shrink[:, None] * hx).min(-1).values)
+        u = u_coords if u_coords.ndim == 3 else u_coords[:, None, :]  # [B, C, K]
+        hx = u @ factor.transpose(-1, -2)  # (R u)_i for every candidate
+        norm = (u * u).sum(-1).sqrt()
+        sigma = problem.sigma[:, None]
+        shrink = torch.where(norm > sigma, sigma / norm.clamp_min(1e-300), 1.0)
+        psi_u = (problem.beta[:, None, :] + shrink[..., None] * hx).min(-1).values
+        psi = torch.maximum(psi, psi_u.max(-1).values)
     size = scale(problem)
     gap = (phi - psi).clamp_min(0.0)
     if problem.squared:
@@ -245,17 +249,58 @@ def _face_dual(
     return tmv(problem.factor, x)
 
 
+# Largest K for which certify enumerates every support of the minimum-norm primal (2^K − 1).
+_ENUMERATE_K = 3
+
+
+def _min_norm_duals(problem: Problem, p: torch.Tensor) -> torch.Tensor:
+    """Candidates for the minimum-norm primal certifying ``p [B, K]``, ``[B, 2^K − 1, K]``.
+
+    At a zero-norm optimum p* the KKT conditions give a u with ‖u‖ ≤ σ and
+    β_i + ⟨ḡ_i, u⟩ ≥ Φ* for every i, including i outside supp(p*) (e.g. p* a zero gradient's
+    vertex): the face dual, which only enforces equality on the support, misses those
+    constraints. The minimum-norm u with ⟨ḡ_i, u⟩ ≥ s_i = Φ(p) − β_i is u = Σ λ_j ḡ_j, with
+    λ ≥ 0 solving min_{λ≥0} ½λᵀH̄λ − sᵀλ (its Lagrange dual); at the optimum it has ‖u‖ ≤ σ.
+    For small K every support T of λ is tried, λ_T = H̄_TT⁺ s_T: the right one certifies p, and
+    the others are still feasible candidates once :func:`certificate` shrinks them.
+
+    Returns:
+        ``[B, 2^K − 1, K]`` the candidates u = Rᵀλ in the factor's coordinates.
+    """
+    k = p.shape[-1]
+    # Supports as the bits of 1 … 2^K − 1, built on the device (an index list would be a copy).
+    codes = torch.arange(1, 2**k, device=p.device)
+    support = ((codes[:, None] >> torch.arange(k, device=p.device)) & 1).bool()  # [T, K]
+    mask = support[:, :, None] & support[:, None, :]
+    eye = torch.eye(k, dtype=p.dtype, device=p.device)
+    # H̄_TT embedded with an identity on the complement, as in _face_pinv.
+    m = torch.where(mask, problem.gram[:, None], torch.where(support[:, None, :], 0.0, eye))
+    evals, evecs = torch.linalg.eigh(m)  # [B, T, K], [B, T, K, K]
+    keep = evals > 1e-13 * evals[..., -1:].clamp_min(0.0)
+    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
+    pinv = (evecs * inv[..., None, :]) @ evecs.transpose(-1, -2)
+    s = objective(problem, p)[:, None] - problem.beta  # [B, K]
+    ones = support.to(p.dtype)  # [T, K]
+    lam = (pinv @ (s[:, None, :] * ones)[..., None]).squeeze(-1) * ones  # [B, T, K]
+    return lam @ problem.factor  # u = Rᵀλ, row by row
+
+
 def certify(problem: Problem, p: torch.Tensor) -> torch.Tensor:
     """Certificate of an exact point ``p [B, K]`` (exact zeros off its support): :func:`certificate`
-    with the face dual of :func:`face` as extra candidate, which covers zero-norm optima."""
+    with the face dual of :func:`face` as extra candidate, which covers zero-norm optima, and for
+    K ≤ 3 the minimum-norm primal of :func:`_min_norm_duals`, which covers zero-norm optima with
+    constraints binding off the support (a zero gradient's vertex)."""
     gap = certificate(problem, p)
-    # The face dual costs an eigendecomposition and only matters where the Frank–Wolfe bound
+    # The extra candidates cost eigendecompositions and only matter where the Frank–Wolfe bound
     # fails (zero-norm optima). On CPU reading the flag is free; elsewhere it would be a host
-    # synchronisation, so accelerators always compute it.
+    # synchronisation, so accelerators always compute them.
     if gap.device.type == "cpu" and bool((gap <= TOL_OPTIMAL).all()):
         return gap
     support, pinv, _, _ = _face_pinv(problem, p, 1e-12)
-    return torch.minimum(gap, certificate(problem, p, _face_dual(problem, p, support, pinv)))
+    candidates = _face_dual(problem, p, support, pinv)[:, None, :]
+    if p.shape[-1] <= _ENUMERATE_K:
+        candidates = torch.cat([candidates, _min_norm_duals(problem, p)], dim=1)
+    return torch.minimum(gap, certificate(problem, p, candidates))
 
 
 def face(
@@ -378,7 +423,10 @@ def snap(problem: Problem, p: torch.Tensor, gap: torch.Tensor) -> tuple[torch.Te
 
 
 def status_from_gap(gap: torch.Tensor, exhausted: torch.Tensor | None = None) -> torch.Tensor:
-    """Map certificates ``[B]`` to :class:`Status`; ``exhausted`` marks budget-limited solves."""
+    """Map certificates ``[B]`` to :class:`Status`; ``exhausted`` marks budget-limited solves.
+
+    A non-finite gap (NaN compares false against every tolerance) is NONFINITE, never OPTIMAL.
+    """
     status = torch.full(gap.shape, int(Status.OPTIMAL), dtype=torch.int64, device=gap.device)
     status = torch.where(gap > TOL_OPTIMAL, int(Status.INACCURATE), status)
     loose = gap > TOL_INACCURATE
@@ -386,7 +434,8 @@ def status_from_gap(gap: torch.Tensor, exhausted: torch.Tensor | None = None) ->
         status = torch.where(loose & exhausted, int(Status.MAX_ITER), status)
         loose = loose & ~exhausted
     # A gap above the loose tolerance with no iteration budget to blame is still not OPTIMAL.
-    return torch.where(loose, int(Status.MAX_ITER), status)
+    status = torch.where(loose, int(Status.MAX_ITER), status)
+    return torch.where(torch.isfinite(gap), status, int(Status.NONFINITE))
 
 
 def coefficients(
