@@ -221,7 +221,10 @@ def _aggregate(
 ) -> Aggregation | _Deferred:
     """The math of one step on validated gradients, shared by :func:`aggregate_` and
     :class:`MultiObjectiveOptimizer`: Gram, solve, combination into ``.grad`` (:func:`_outputs`
-    for ``reuse`` and ``check_out``). ``unscale`` maps the Gram of scaled gradients back to
+    for ``reuse``). ``check_out`` (:func:`aggregate_`, whose caller's gradients may be any
+    tensors): validate the outputs, and find those in memory of another parameter's gradients
+    (written through temporaries); the wrapper's gradients are autograd's fresh tensors, which
+    no ``.grad`` shares. ``unscale`` maps the Gram of scaled gradients back to
     the true one before the solve (the wrapper's GradScaler). ``gram_values``: the K·K Gram
     of ``g``, already computed by a fused step whose C solve handed it back.
 
@@ -243,7 +246,7 @@ def _aggregate(
             weights, picked.k, method, c, backend, primitive_backend, picked.device
         )
         if args is not None:
-            fused = _step_native(out, picked, *args, accumulate)
+            fused = _step_native(out, picked, *args, accumulate, exclusive=check_out)
     if fused is not None and fused[1] is not None:
         agg: Aggregation | _Deferred = _Deferred(picked.k, *fused)
     else:
@@ -254,7 +257,7 @@ def _aggregate(
         if unscale is not None:
             h = unscale(h)
         result = solve(h, weights, method=method, c=c, backend=backend, validate=False)
-        _combine_grads(out, picked, result.coeffs, primitive_backend, accumulate)
+        _combine_grads(out, picked, result.coeffs, primitive_backend, accumulate, aliases=check_out)
         agg = Aggregation(result, h)
     for p, t in fresh:
         p.grad = t

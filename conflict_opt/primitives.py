@@ -32,12 +32,14 @@ block sums are accumulated in at least ``accumulate_dtype`` (Gram) or written in
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import importlib
 import itertools
 import operator
 import os
+import reprlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,9 +129,12 @@ class Grads:
         return tuple(s.numel() for s in self.shapes)
 
 
-def _check_tensor(t: object, where: str) -> torch.Tensor:
+def _check_tensor(t: object, where: str, optional: bool = True) -> torch.Tensor:
+    """``t`` if it is a dense float tensor, else a ValueError naming ``where``. ``optional``:
+    the entry may be None (a gradient), which the caller handles before the check."""
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{where} must be a torch.Tensor or None, got {type(t).__name__}.")
+        alternative = " or None" if optional else ""
+        raise ValueError(f"{where} must be a torch.Tensor{alternative}, got {type(t).__name__}.")
     if t.dtype not in FLOAT_DTYPES:
         raise ValueError(
             f"{where} must be float16, bfloat16, float32 or float64, got dtype={t.dtype}."
@@ -302,9 +307,13 @@ def _as_out(out: OutLike, g: Grads) -> tuple[torch.Tensor, ...]:
                 f"got {len(outs)}."
             )
         expected = g.shapes
+        if _outs_fast(outs, g):
+            return outs  # type: ignore[return-value]  # all tensors: checked just now
     result = []
     for t, (o, shape) in enumerate(zip(outs, expected, strict=True)):
-        o = _check_tensor(o, "`out`" if g.packed else f"`out[{t}]`")
+        if o is None:
+            raise ValueError(_none_out_message(t, g))
+        o = _check_tensor(o, "`out`" if g.packed else f"`out[{t}]`", optional=False)
         if g.dtypes[t] is not None and o.shape != shape:
             raise ValueError(
                 f"`out[{t}]` must have the gradients' shape {tuple(shape)}, got {tuple(o.shape)}."
@@ -317,14 +326,105 @@ def _as_out(out: OutLike, g: Grads) -> tuple[torch.Tensor, ...]:
     return tuple(result)
 
 
-def _coeffs(coeffs: torch.Tensor | Sequence[float], k: int, device: torch.device) -> torch.Tensor:
-    a = torch.as_tensor(coeffs)
-    if not a.is_floating_point() and a.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"`coeffs` must be real numbers, got dtype={a.dtype}.")
+def _outs_fast(outs: tuple[object, ...], g: Grads) -> bool:
+    """Whether ``outs`` passes :func:`_as_out`'s checks, tested list-at-a-time as in
+    :func:`_as_grads_fast`: float dtypes, dense layouts, the gradients' shapes (of every slot:
+    an output of a slot no objective reaches may have any shape, and takes the per-slot
+    checks) and device. False also for anything irregular, which the per-slot checks name."""
+    try:
+        if list(map(_shape_of, outs)) != list(g.shapes):
+            return False
+        if not _FLOAT_DTYPE_SET.issuperset(map(_dtype_of, outs)):
+            return False
+        if list(map(_layout_of, outs)).count(torch.strided) != len(outs):
+            return False
+        if g.device.type == "cpu":
+            if not all(map(_is_cpu, outs)):
+                return False
+        elif set(map(_device_of, outs)) != {g.device}:
+            return False
+    except AttributeError:  # None, or not a tensor
+        return False
+    return all(map(isinstance, outs, itertools.repeat(torch.Tensor)))
+
+
+def _none_out_message(t: int, g: Grads) -> str:
+    """Why ``out[t]`` may not be None: every parameter has an output, written even where no
+    objective reaches it (zeros), and read with ``accumulate=True``."""
+    if g.dtypes[t] is None:
+        return (
+            f"`out[{t}]` is None: `out` needs a tensor for every parameter, also for one that no "
+            "objective reaches, as here (it is zeroed, or kept with accumulate=True); pass the "
+            "parameter's .grad or a tensor of its shape."
+        )
+    i = next(i for i, x in enumerate(g.slots[t]) if x is not None)
+    return (
+        f"`out[{t}]` is None but objective {i} has a gradient there; pass a tensor of shape "
+        f"{tuple(g.shapes[t])}."
+    )
+
+
+# Dtypes of coefficients: every integer and floating dtype that holds one real number per
+# element (bool is a flag, not a number; complex is not real; sub-byte and packed ones cannot
+# be converted). getattr: the unsigned 16 to 64-bit and float8 ones are newer than torch 2.1.
+_COEFF_DTYPES = frozenset(
+    d
+    for d in (
+        getattr(torch, name, None)
+        for name in (
+            "uint8",
+            "uint16",
+            "uint32",
+            "uint64",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "float8_e5m2",
+            "float8_e4m3fn",
+            "float8_e5m2fnuz",
+            "float8_e4m3fnuz",
+            "float8_e8m0fnu",
+            "float16",
+            "bfloat16",
+            "float32",
+            "float64",
+        )
+    )
+    if d is not None
+)
+
+
+def _check_coeffs(coeffs: object, k: int) -> torch.Tensor:
+    """``coeffs`` as a ``[K]`` tensor of a real dtype, as given (not moved), or a ValueError
+    naming the value: anything but a sequence or tensor of K real numbers (NaN and Inf are
+    numbers: they propagate)."""
+    if coeffs is None or isinstance(coeffs, (str, bytes)):
+        a = None
+    else:
+        try:
+            a = torch.as_tensor(coeffs)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            a = None  # None or a string among them, ragged nesting, an int beyond int64
+    if a is None:
+        raise ValueError(
+            f"`coeffs` must be a sequence or tensor of K = {k} real numbers, "
+            f"got {reprlib.repr(coeffs)}."
+        )
+    if a.dtype not in _COEFF_DTYPES:
+        raise ValueError(
+            "`coeffs` must be real numbers (an integer or floating dtype; bool is not one), got "
+            f"dtype={a.dtype}: {reprlib.repr(coeffs)}."
+        )
     if a.shape != (k,):
         raise ValueError(f"`coeffs` must have shape [K] = [{k}], got shape={tuple(a.shape)}.")
+    return a
+
+
+def _coeffs(coeffs: torch.Tensor | Sequence[float], k: int, device: torch.device) -> torch.Tensor:
+    """Checked ``coeffs`` (:func:`_check_coeffs`) as float64 on ``device``."""
     # A device copy, not a read: no host synchronisation even for CUDA coefficients.
-    return a.detach().to(device=device, dtype=torch.float64)
+    return _check_coeffs(coeffs, k).detach().to(device=device, dtype=torch.float64)
 
 
 def _env_flag(name: str) -> bool:
@@ -465,13 +565,18 @@ def combine_(
     Args:
         out: one tensor per parameter (e.g. the parameters' ``.grad``) matching ``grads``'
             shapes, or a ``[P]`` tensor when ``grads`` is one ``[K, P]`` tensor. Any of the four
-            float dtypes, independently of the gradients'. It may be one of the gradient
-            tensors itself (each block is read before it is written) but must not partially
-            overlap one.
+            float dtypes, independently of the gradients'. Never None: a parameter that no
+            objective reaches needs an output too. ``out[t]`` may be one of parameter t's own
+            gradient tensors (each block is read before it is written) but must not partially
+            overlap one. It may share memory with another parameter's gradients (be one of
+            them, or a view of their storage): such an output is written through a temporary
+            once every gradient is read (one copy of it more), so the result is the one of
+            separate outputs. Two outputs must not overlap each other.
         grads: as for :func:`gram`; ``None`` means zero. A parameter with no gradient in any
             objective gets zeros (or is left as is with ``accumulate=True``).
-        coeffs: ``[K]`` coefficients (e.g. ``SolveResult.coeffs``), on any device; they are
-            moved, never read on the host.
+        coeffs: ``[K]`` coefficients (e.g. ``SolveResult.coeffs``): a sequence of K real
+            numbers or a ``[K]`` tensor of any integer or floating dtype (not bool), on any
+            device; they are moved, never read on the host. NaN and Inf are allowed.
         backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (module docstring).
         accumulate: add to ``out`` instead of overwriting it.
 
@@ -480,8 +585,8 @@ def combine_(
         float64) and rounded once to ``out``'s dtype. NaN and Inf propagate.
 
     Raises:
-        ValueError: malformed ``grads``, ``out`` or ``coeffs`` (the message names the entry),
-            or an unknown backend.
+        ValueError: malformed ``grads``, ``out`` or ``coeffs`` (the message names the entry
+            or the value), or an unknown backend. ``out`` is then untouched.
         RuntimeError: ``backend="triton"`` where it cannot run (the message says why).
 
     Example:
@@ -508,23 +613,139 @@ def _combine_grads(
     coeffs: torch.Tensor | Sequence[float],
     backend: str,
     accumulate: bool,
+    aliases: bool = True,
 ) -> None:
     """:func:`combine_` of already validated gradients and outputs (see :func:`_gram_grads`;
     ``MultiObjectiveOptimizer`` writes into ``.grad``, whose shape, dtype and device torch
-    itself keeps equal to the parameter's)."""
+    itself keeps equal to the parameter's). ``aliases=False`` skips the search for outputs in
+    another slot's gradients: for callers whose gradients are autograd's fresh tensors, which
+    no ``.grad`` shares (the wrapper), where it would cost a storage lookup per tensor."""
     reached = any(d is not None for d in g.dtypes)
     device = g.device if reached or not outs else outs[0].device
-    a = _coeffs(coeffs, g.k, device) if outs else torch.zeros(g.k, dtype=torch.float64)
+    if outs:
+        a = _coeffs(coeffs, g.k, device)
+    else:
+        _check_coeffs(coeffs, g.k)  # nothing to write, and nothing moved, but bad input raises
+        a = torch.zeros(g.k, dtype=torch.float64)
     chosen = _select(backend, device)
     with torch.no_grad():  # the gradients are data here, whatever their requires_grad
         if chosen == "reference":
+            # It reads every gradient (into its float64 copy) before it writes any output.
             _combine_reference(outs, g, a, accumulate)
-        elif chosen == "torch":
-            _combine_torch(outs, g, a, accumulate)
+            return
+        # The other backends read a slot's gradients as they write its output, so an output in
+        # the memory of another slot's gradients could be written before that slot is read:
+        # such outputs are written through a temporary, copied in once everything is read.
+        staged = _cross_slot_aliases(outs, g) if aliases else []
+        work = outs
+        if staged:
+            work = list(outs)
+            for t in staged:
+                o = outs[t]
+                work[t] = (
+                    o.clone(memory_format=torch.contiguous_format)
+                    if accumulate
+                    else torch.empty_like(o, memory_format=torch.contiguous_format)
+                )
+            work = tuple(work)
+        if chosen == "torch":
+            _combine_torch(work, g, a, accumulate)
         else:
             from .kernels import multi_tensor
 
-            multi_tensor.combine_(outs, g, a, accumulate)
+            multi_tensor.combine_(work, g, a, accumulate)
+        for t in staged:
+            outs[t].copy_(work[t])
+
+
+_untyped_storage = torch.Tensor.untyped_storage
+_storage_ptr = torch.UntypedStorage.data_ptr
+_is_present = functools.partial(operator.is_not, None)
+
+
+@functools.lru_cache(maxsize=8)
+def _slot_ids(slots: int, k: int) -> tuple[int, ...]:
+    """The slot of each of the ``slots`` × ``k`` gradients in slot-major order."""
+    return tuple(itertools.chain.from_iterable(map(itertools.repeat, range(slots), [k] * slots)))
+
+
+def _cross_slot_aliases(outs: tuple[torch.Tensor, ...], g: Grads) -> list[int]:
+    """The slots, in order, whose output shares memory with a gradient of another slot.
+
+    An output that shares memory only with its own slot's gradients is not listed: each
+    backend reads a slot's blocks before writing them, and finds a partial overlap itself.
+    The common case, no output in a gradient's storage, takes one set of storage addresses
+    built list-at-a-time (C-level ``map``: no Python frame per tensor; this runs for every
+    tensor of every objective at every call). Otherwise outputs whose storage holds another
+    slot's gradient (views of one buffer, or that very tensor) are checked on their bytes.
+    """
+    if len(outs) < 2:  # one slot, or the [K, P] form
+        return []
+    out_keys = list(map(_storage_ptr, map(_untyped_storage, outs)))
+    tensors: Sequence[torch.Tensor | None] = list(itertools.chain.from_iterable(g.slots))
+    ids: Sequence[int] = _slot_ids(len(outs), g.k)
+    try:
+        keys = list(map(_storage_ptr, map(_untyped_storage, tensors)))
+    except TypeError:  # absent gradients (None): without them
+        present = filter(_is_present, tensors)
+        if set(out_keys).isdisjoint(map(_storage_ptr, map(_untyped_storage, present))):
+            return []
+        pairs = [(x, t) for x, t in zip(tensors, ids, strict=True) if x is not None]
+        tensors, ids = [x for x, _ in pairs], [t for _, t in pairs]
+        keys = list(map(_storage_ptr, map(_untyped_storage, tensors)))
+    if set(out_keys).isdisjoint(keys):
+        return []  # outputs of their own, as .grad usually is
+    # Storage -> the first and last slot with a gradient in it (``ids`` is in slot order): an
+    # output whose storage has neither, or only its own slot for both, is fine. Where every
+    # gradient has a storage of its own (autograd's), first and last are one.
+    slots = range(len(outs))
+    by_key = dict(zip(keys, ids, strict=True))
+    last = list(map(by_key.get, out_keys, slots))
+    if len(by_key) < len(keys):
+        by_key = dict(zip(reversed(keys), reversed(ids), strict=True))
+    first = list(map(by_key.get, out_keys, slots))
+    if first == last == list(slots):
+        return []  # each output shares a storage with its own slot's gradients only
+    suspects = [t for t in slots if first[t] != t or last[t] != t]
+    # The gradients in the suspects' storages, by start address, with the highest end
+    # address so far: an output then meets only the gradients that start before its end and
+    # reach past its start, found by bisection.
+    wanted = {out_keys[t] for t in suspects}
+    spans: dict[int, list[tuple[int, int, int]]] = {}
+    for key, t, x in zip(keys, ids, tensors, strict=True):
+        if key in wanted:
+            lo, hi = _byte_span(x)
+            if hi > lo:
+                spans.setdefault(key, []).append((lo, hi, t))
+    sorted_spans = {}
+    for key, found in spans.items():
+        found.sort()
+        reach = list(itertools.accumulate((s[1] for s in found), max))
+        sorted_spans[key] = ([s[0] for s in found], reach, found)
+    staged = []
+    for t in suspects:
+        if out_keys[t] not in sorted_spans:
+            continue
+        starts, reach, found = sorted_spans[out_keys[t]]
+        lo, hi = _byte_span(outs[t])
+        j = bisect.bisect_left(starts, hi) - 1
+        while j >= 0 and reach[j] > lo:
+            if found[j][1] > lo and found[j][2] != t:
+                staged.append(t)
+                break
+            j -= 1
+    return staged
+
+
+def _byte_span(x: torch.Tensor) -> tuple[int, int]:
+    """The addresses ``[lo, hi)`` that ``x``'s elements lie within (empty for no elements):
+    every byte ``x`` reads or writes is in it, though not every byte in it is ``x``'s (a
+    strided view skips some), so that two spans that meet may still share no element."""
+    if x.numel() == 0:
+        return 0, 0
+    last = sum((n - 1) * s for n, s in zip(x.shape, x.stride(), strict=True))
+    lo = x.data_ptr()
+    return lo, lo + (last + 1) * x.element_size()
 
 
 # ----------------------------------------------------------------------------------- reference
@@ -878,11 +1099,16 @@ def _step_native(
     weights: list[float],
     options: tuple,
     accumulate: bool,
+    exclusive: bool = True,
 ) -> tuple[list[float], tuple | None] | None:
     """Gram, host solve and combination of ``g`` into ``outs`` in one native call
     (``conflict_opt._native.step``), or ``None`` where it does not apply: not on CPU, the
-    kernels off, or gradients and outputs not all of one natively written dtype pair (then
-    nothing was read or written).
+    kernels off, gradients and outputs not all of one natively written dtype pair, or an
+    output in memory it does not own with ``exclusive``: partly in one of its gradients, in
+    another slot's gradient or in another output (then nothing was read or written).
+    ``exclusive=False`` (the wrapper, whose gradients are autograd's fresh tensors) skips that
+    check: outputs partly overlapping their own gradients are then skipped by the kernel and
+    written on torch ops here.
 
     Returns the K·K Gram values and the solve's (coeffs, dual, clipped, gap, pieces); the
     latter ``None`` where the C solve hands the problem back (``options`` as
@@ -899,8 +1125,15 @@ def _step_native(
         return None
     ((dtypes, slots),) = native.items()
     work, stream, keep = _native_combine_work(outs, g, slots, dtypes)
-    gram, answer, skipped = _native.step(*work, accumulate, stream, weights, options)
+    # exclusive: the kernel checks, on the pointers, that no output overlaps any memory but
+    # its own gradients where it is exactly one of them. Another slot's gradient may be read
+    # after the output is written (the combination is then :func:`combine_`'s, which writes
+    # such outputs through temporaries), and a partial overlap would be skipped.
+    done = _native.step(*work, accumulate, stream, weights, options, exclusive)
     del keep
+    if done is None:
+        return None  # nothing read or written: the caller takes the general path
+    gram, answer, skipped = done
     if skipped:
         # Outputs that partially overlap their own gradients: written on torch ops instead.
         rest = [slots[i] for i in skipped]
@@ -1021,7 +1254,8 @@ def _combine_torch(
         _combine_torch_ops(outs, g, a, accumulate)
         return
     # An output that is exactly one of its gradients is fine (each chunk is read before it is
-    # written); a partial overlap is found and skipped by the kernel.
+    # written); a partial overlap is found and skipped by the kernel. Outputs in another
+    # slot's gradients are temporaries here (_combine_grads).
     out_dtypes = [_native_out_dtype(o, d) for o, d in zip(outs, g.dtypes, strict=True)]
     native, rest, empty = _native_split(g, out_dtypes)
     if native:

@@ -291,6 +291,236 @@ def test_combine_may_write_into_a_gradient(backend: str, accumulate: bool) -> No
         torch.testing.assert_close(got, w)
 
 
+# Outputs in the memory of another slot's gradients. Each builder returns (outs, grads,
+# staged): K = 3 objectives over slots of N values, N big enough for the torch path's in-place
+# blocks and several native and triton chunks, and the slots whose outputs must go through a
+# temporary (see _cross_slot_aliases), in order. Slot order matters to the old bug: only an
+# output written before the slot it aliases is read came out wrong.
+_N = 70_000
+
+
+def _fresh(gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(_N, generator=gen)
+
+
+def _alias_grads(gen: torch.Generator) -> list[list[torch.Tensor]]:
+    return [[_fresh(gen) for _ in range(3)] for _ in range(3)]
+
+
+def _exact(gen):  # out[0] is slot 1's gradient of objective 0, as in the bug report
+    g = _alias_grads(gen)
+    return [g[0][1], _fresh(gen), _fresh(gen)], g, [0]
+
+
+def _swapped(gen):  # out[0] is slot 1's gradient, out[1] slot 0's
+    g = _alias_grads(gen)
+    return [g[2][1], g[1][0], _fresh(gen)], g, [0, 1]
+
+
+def _cycle(gen):  # every output is the next slot's gradient: no order of slots is safe
+    g = _alias_grads(gen)
+    return [g[0][1], g[1][2], g[2][0]], g, [0, 1, 2]
+
+
+def _view_of_another(gen):  # out[0] is a view into slot 2's gradient storage, overlapping it
+    store = torch.randn(2 * _N, generator=gen)
+    g = _alias_grads(gen)
+    g[1][2] = store[:_N]
+    return [store[_N // 2 : _N // 2 + _N], _fresh(gen), _fresh(gen)], g, [0]
+
+
+def _gradient_view_of_out(gen):  # slot 2's gradient is a strided view of out[0]'s storage
+    buffer = torch.randn(2 * _N, generator=gen)
+    g = _alias_grads(gen)
+    g[2][2] = buffer[1::2]
+    return [buffer[:_N], _fresh(gen), _fresh(gen)], g, [0]
+
+
+def _shared_by_two_slots(gen):  # one tensor is the gradient of slots 0 and 1; out[0] is it
+    g = _alias_grads(gen)
+    g[1][1] = g[1][0]
+    return [g[1][0], _fresh(gen), _fresh(gen)], g, [0]
+
+
+def _disjoint_views(gen):  # views of one buffer that share no byte: nothing to stage
+    buffer = torch.randn(4 * _N, generator=gen)
+    g = _alias_grads(gen)
+    g[0][0], g[0][1] = buffer[:_N], buffer[_N : 2 * _N]
+    return [buffer[2 * _N : 3 * _N], buffer[3 * _N :], _fresh(gen)], g, []
+
+
+def _own_slot(gen):  # each output one of its own slot's gradients: fine as it is
+    g = _alias_grads(gen)
+    return [g[0][0], g[2][1], g[1][2]], g, []
+
+
+def _with_none_and_small(gen):  # absent gradients; a small (staged) slot 0 writing into slot 1
+    g = _alias_grads(gen)
+    for row in g:
+        row.insert(0, torch.randn(5, generator=gen))
+    g[0][2] = None
+    g[2][3] = None
+    return [g[2][1][10:15], g[1][2], _fresh(gen), _fresh(gen)], g, [0, 1]
+
+
+ALIAS_CASES = [
+    _exact,
+    _swapped,
+    _cycle,
+    _view_of_another,
+    _gradient_view_of_out,
+    _shared_by_two_slots,
+    _disjoint_views,
+    _own_slot,
+    _with_none_and_small,
+]
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("build", ALIAS_CASES, ids=lambda f: f.__name__.strip("_"))
+def test_outputs_in_another_slots_gradients_match_separate_outputs(
+    build, backend: str, accumulate: bool
+) -> None:
+    """An output that is (or shares storage with) another slot's gradient gets what a
+    separate output would: every gradient as it was before the call, and with
+    ``accumulate=True`` the output's own old values, which are that gradient's."""
+    _need(backend)
+    outs, grads, _ = build(torch.Generator().manual_seed(7))
+    a = [0.5, -1.25, 2.0]
+    before = [[None if x is None else x.clone() for x in row] for row in grads]
+    want = []
+    for t, o in enumerate(outs):
+        total = o.clone() if accumulate else torch.zeros_like(o)
+        for k in range(3):
+            if before[k][t] is not None:
+                total = total + a[k] * before[k][t]
+        want.append(total)
+    conflict_opt.combine_(outs, grads, a, backend=_b(backend), accumulate=accumulate)
+    for t, (got, w) in enumerate(zip(outs, want, strict=True)):
+        torch.testing.assert_close(got, w, msg=lambda m, t=t: f"out[{t}]: {m}")
+
+
+@pytest.mark.parametrize("build", ALIAS_CASES, ids=lambda f: f.__name__.strip("_"))
+def test_only_outputs_in_another_slots_gradients_are_staged(build) -> None:
+    """The check finds exactly the outputs that need a temporary: none for outputs of their
+    own, or one of their own slot's gradients, or views that share a buffer but no byte."""
+    outs, grads, staged = build(torch.Generator().manual_seed(7))
+    g = primitives.as_grads(grads)
+    assert primitives._cross_slot_aliases(tuple(outs), g) == staged
+
+
+def test_the_fused_step_refuses_outputs_in_another_slots_gradients() -> None:
+    """``aggregate_`` on CPU runs the Gram, the solve and the combination in one native call
+    (``_step_native``); an output there that is another parameter's gradient takes the
+    three calls instead, with the same result as separate outputs."""
+    gen = torch.Generator().manual_seed(5)
+    grads = [[_fresh(gen) for _ in range(2)] for _ in range(2)]
+    before = [[x.clone() for x in row] for row in grads]
+    params = [torch.nn.Parameter(torch.zeros(_N)) for _ in range(2)]
+    params[0].grad = grads[0][1]  # parameter 0's .grad is parameter 1's gradient
+    separate = [torch.nn.Parameter(torch.zeros(_N)) for _ in range(2)]
+    got = conflict_opt.aggregate_(params, grads, primitive_backend="torch")
+    want = conflict_opt.aggregate_(separate, before, primitive_backend="reference")
+    torch.testing.assert_close(got.result.coeffs, want.result.coeffs)
+    for p, q in zip(params, separate, strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+@pytest.mark.parametrize(
+    ("out", "grads", "match"),
+    [
+        (
+            [None],
+            [[torch.ones(3)], [torch.ones(3)]],
+            r"^`out\[0\]` is None but objective 0 has a gradient there; pass a tensor of "
+            r"shape \(3,\)\.$",
+        ),
+        (
+            [torch.ones(2), None],
+            [[torch.ones(2), None], [torch.ones(2), torch.ones(4, 5)]],
+            r"`out\[1\]` is None but objective 1 has a gradient there; pass a tensor of "
+            r"shape \(4, 5\)",
+        ),
+        (
+            # No objective reaches parameter 0: it still needs an output, which is zeroed.
+            [None, torch.ones(2)],
+            [[None, torch.ones(2)], [None, torch.ones(2)]],
+            r"`out\[0\]` is None: `out` needs a tensor for every parameter, also for one "
+            "that no objective reaches",
+        ),
+        ([[1.0, 2.0]], [[torch.ones(2)]], r"^`out\[0\]` must be a torch.Tensor, got list\.$"),
+        (None, torch.ones(2, 3), r"`out` must be a \[P\] tensor .* got NoneType"),
+    ],
+)
+def test_a_missing_output_raises_stating_the_rule(out, grads, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        conflict_opt.combine_(out, grads, [1.0] * len(grads))
+
+
+@pytest.mark.parametrize(
+    ("coeffs", "match"),
+    [
+        (None, r"sequence or tensor of K = 2 real numbers, got None\."),
+        ("ab", r"K = 2 real numbers, got 'ab'"),
+        (b"ab", r"K = 2 real numbers, got b'ab'"),
+        ([1.0, None], r"K = 2 real numbers, got \[1\.0, None\]"),
+        ([[1.0], [2.0, 3.0]], r"K = 2 real numbers, got \[\[1\.0\], \[2\.0, 3\.0\]\]"),
+        ({"a": 1.0}, r"K = 2 real numbers, got \{'a': 1\.0\}"),
+        ([2**70, 1], r"K = 2 real numbers, got \[1180591620717411303424, 1\]"),
+        (torch.tensor([True, False]), r"not one\), got dtype=torch.bool"),
+        (torch.tensor([1.0, 2.0], dtype=torch.complex64), r"got dtype=torch.complex64"),
+        ([1.0, 2.0, 3.0], r"shape \[K\] = \[2\], got shape=\(3,\)"),
+        (torch.tensor(1.0), r"shape \[K\] = \[2\], got shape=\(\)"),
+    ],
+)
+def test_bad_coeffs_raise_naming_the_value(coeffs, match: str) -> None:
+    grads = [[torch.ones(3)], [torch.ones(3)]]
+    out = [torch.full((3,), 7.0)]
+    with pytest.raises(ValueError, match=match):
+        conflict_opt.combine_(out, grads, coeffs)
+    assert bool((out[0] == 7.0).all())
+    # Also with nothing to write.
+    with pytest.raises(ValueError, match=match):
+        conflict_opt.combine_([], [[], []], coeffs)
+
+
+_REAL_DTYPES = [
+    d
+    for d in (
+        getattr(torch, name, None)
+        for name in [
+            "uint8",
+            "uint16",
+            "uint32",
+            "uint64",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "float8_e4m3fn",
+            "float8_e5m2",
+            "float16",
+            "bfloat16",
+            "float32",
+            "float64",
+        ]
+    )
+    if d is not None
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", _REAL_DTYPES, ids=str)
+def test_coeffs_of_every_real_dtype_are_accepted(dtype: torch.dtype, backend: str) -> None:
+    """Every integer and floating dtype holds real numbers, exactly representable here."""
+    _need(backend)
+    grads = [[torch.arange(4.0)], [torch.ones(4)]]
+    out = [torch.empty(4)]
+    conflict_opt.combine_(out, grads, torch.tensor([2, 1]).to(dtype), backend=_b(backend))
+    torch.testing.assert_close(out[0], 2 * torch.arange(4.0) + 1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_inputs_are_not_modified_and_empty_inputs(backend: str) -> None:
     _need(backend)
@@ -375,7 +605,7 @@ class _TensorLike:
         ),
         (
             lambda: conflict_opt.combine_([None], [[torch.ones(2)]], [1.0]),
-            r"`out\[0\]` must be a torch.Tensor",
+            r"`out\[0\]` is None but objective 0 has a gradient there",
         ),
         (
             lambda: conflict_opt.combine_([torch.ones(2)], [[torch.ones(2)]], [1.0], accumulate=1),
