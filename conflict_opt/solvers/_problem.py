@@ -223,20 +223,31 @@ def _face_pinv(
 
     ``threshold`` is relative to max_j p_j: a float, or ``[B]`` per problem.
     """
-    k = p.shape[-1]
     if isinstance(threshold, torch.Tensor):
         threshold = threshold[:, None]
     support = p > threshold * p.max(-1, keepdim=True).values
-    mask = support[:, :, None] & support[:, None, :]
-    eye = torch.eye(k, dtype=p.dtype, device=p.device)
-    # H_SS embedded with an identity on the complement: its pseudo-inverse is H_SS⁺ ⊕ I, and its
-    # eigenvectors of (near) zero eigenvalue span the null space of H_SS.
-    m = torch.where(mask, problem.gram, torch.where(support[:, None, :], 0.0, eye))
-    evals, evecs = torch.linalg.eigh(m)
-    keep = evals > 1e-13 * evals[:, -1:].clamp_min(0.0)
-    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
-    pinv = (evecs * inv[:, None, :]) @ evecs.transpose(-1, -2)
+    pinv, evecs, keep = _embedded_pinv(problem.gram, support)
     return support, pinv, evecs, keep
+
+
+def _embedded_pinv(
+    gram: torch.Tensor, support: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pseudo-inverse of H_SS ⊕ I ``[..., K, K]``, its eigenvectors and kept-eigenvalue mask,
+    for ``gram [..., K, K]`` and ``support [..., K]`` bool (broadcast against each other).
+
+    H_SS embedded with an identity on the complement: its pseudo-inverse is H_SS⁺ ⊕ I, and its
+    eigenvectors of (near) zero eigenvalue span the null space of H_SS.
+    """
+    k = gram.shape[-1]
+    mask = support[..., :, None] & support[..., None, :]
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    m = torch.where(mask, gram, torch.where(support[..., None, :], 0.0, eye))
+    evals, evecs = torch.linalg.eigh(m)
+    keep = evals > 1e-13 * evals[..., -1:].clamp_min(0.0)
+    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
+    pinv = (evecs * inv[..., None, :]) @ evecs.transpose(-1, -2)
+    return pinv, evecs, keep
 
 
 def _face_dual(
@@ -271,14 +282,7 @@ def _min_norm_duals(problem: Problem, p: torch.Tensor) -> torch.Tensor:
     # Supports as the bits of 1 … 2^K − 1, built on the device (an index list would be a copy).
     codes = torch.arange(1, 2**k, device=p.device)
     support = ((codes[:, None] >> torch.arange(k, device=p.device)) & 1).bool()  # [T, K]
-    mask = support[:, :, None] & support[:, None, :]
-    eye = torch.eye(k, dtype=p.dtype, device=p.device)
-    # H̄_TT embedded with an identity on the complement, as in _face_pinv.
-    m = torch.where(mask, problem.gram[:, None], torch.where(support[:, None, :], 0.0, eye))
-    evals, evecs = torch.linalg.eigh(m)  # [B, T, K], [B, T, K, K]
-    keep = evals > 1e-13 * evals[..., -1:].clamp_min(0.0)
-    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
-    pinv = (evecs * inv[..., None, :]) @ evecs.transpose(-1, -2)
+    pinv, _, _ = _embedded_pinv(problem.gram[:, None], support)  # [B, T, K, K]
     s = objective(problem, p)[:, None] - problem.beta  # [B, K]
     ones = support.to(p.dtype)  # [T, K]
     lam = (pinv @ (s[:, None, :] * ones)[..., None]).squeeze(-1) * ones  # [B, T, K]
