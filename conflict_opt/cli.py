@@ -6,6 +6,7 @@ import argparse
 import json
 import pathlib
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 import torch
@@ -14,6 +15,9 @@ from . import __version__
 from ._types import BACKENDS, METHODS, Status
 from .diagnostics import diagnostics
 from .solvers import solve
+from .verify import PROBLEMS, VERIFY_METHODS, VerifyConfig, verify
+
+_DEFAULTS = VerifyConfig()
 
 # Three objectives whose gradients conflict pairwise in part: the first two are nearly opposite
 # (think helpfulness vs harmlessness), the third is mostly orthogonal (conciseness).
@@ -98,33 +102,57 @@ def _parse_list(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
-def _verify(args: argparse.Namespace) -> int:
-    # Imported here: the verifier pulls in matplotlib and tqdm, which `demo` does not need.
-    from .verify import VerifyConfig, verify
+_VERIFY_OPTIONS = (
+    "problems",
+    "methods",
+    "ks",
+    "cs",
+    "seeds",
+    "steps",
+    "dim",
+    "step_scale",
+    "sweep",
+    "toy_steps",
+    "toy_lr",
+)
 
-    output = None if args.no_output else pathlib.Path(args.output)
-    if args.quick:
-        config = VerifyConfig.quick(output=output)
-    else:
-        defaults = VerifyConfig()
-        config = VerifyConfig(
-            problems=args.problems or defaults.problems,
-            methods=args.methods or defaults.methods,
-            ks=args.ks or defaults.ks,
-            cs=args.cs or defaults.cs,
-            seeds=args.seeds or defaults.seeds,
-            steps=args.steps or defaults.steps,
-            dim=args.dim or defaults.dim,
-            step_scale=args.step_scale or defaults.step_scale,
-            sweep=defaults.sweep if args.sweep is None else args.sweep,
-            toy_steps=defaults.toy_steps if args.toy_steps is None else args.toy_steps,
-            output=output,
-        )
+
+def _verify(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in _VERIFY_OPTIONS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.quick and given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--quick is a fixed configuration and takes no run options; got {flags}.")
+    output = None if args.no_output else _writable_folder(args.output)
+    config = (
+        VerifyConfig.quick(output=output) if args.quick else VerifyConfig(**given, output=output)
+    )
     report = verify(config, progress=not args.no_progress and sys.stderr.isatty())
     print(report.table())
     if report.files:
         print("wrote: " + ", ".join(report.files))
     return 0 if report.ok else 1
+
+
+def _csv(values: Sequence[object]) -> str:
+    return ",".join(map(str, values))
+
+
+def _writable_folder(text: str) -> pathlib.Path:
+    """The ``--output`` folder, created and probed with a file before anything runs, so that a
+    bad path fails at once rather than after the whole run."""
+    if not text.strip():
+        raise ValueError("--output is empty; name a folder, or pass --no-output.")
+    path = pathlib.Path(text)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output {text!r} is a file, not a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write --output {text!r}: {err.strerror or err}.") from None
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,22 +167,69 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check RACO's convergence theorems on synthetic problems (the main job)",
         description="Run deterministic gradient descent with each method on synthetic "
-        "problems and check Theorem 3.1, the per-step certificate, Theorem 3.2, "
-        "weight-respecting limits and the Pareto-front sweep; reproduce the CAGrad toy. "
+        "problems and check Theorem 3.1, each solve's answer, the per-step certificate, "
+        "Theorem 3.2, weight-respecting limits and the Pareto-front sweep; reproduce the "
+        "CAGrad toy. "
         "Exits 1 when a theorem check fails. See docs/verify.md.",
     )
-    ver.add_argument("--quick", action="store_true", help="seconds-long smoke run")
-    ver.add_argument("--problems", type=_parse_list(str), help="e.g. quadratic,logistic")
-    ver.add_argument("--methods", type=_parse_list(str), help="e.g. cagrad_clip,mgda")
-    ver.add_argument("--ks", type=_parse_list(int), help="numbers of objectives, e.g. 2,3,5")
-    ver.add_argument("--cs", type=_parse_list(float), help="radii c, e.g. 0.4,0.7")
-    ver.add_argument("--seeds", type=_parse_list(int), help="e.g. 0,1")
-    ver.add_argument("--steps", type=int, help="gradient steps per run")
-    ver.add_argument("--dim", type=int, help="parameter dimension")
-    ver.add_argument("--step-scale", type=float, help="η = step_scale / L, in (0, 1]")
-    ver.add_argument("--sweep", type=int, help="weights in the front sweep (0 skips)")
-    ver.add_argument("--toy-steps", type=int, help="Adam steps on the CAGrad toy (0 skips)")
-    ver.add_argument("--output", default="verify-output", help="folder for report and plots")
+    ver.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fixed smoke run of about 11 s (quadratic, K = 2 and 3, c = 0.5, seed 0, "
+        "200 steps); no other run option may be given with it",
+    )
+    ver.add_argument(
+        "--problems",
+        type=_parse_list(str),
+        help=f"comma-separated, from {','.join(PROBLEMS)} (default: all)",
+    )
+    ver.add_argument(
+        "--methods",
+        type=_parse_list(str),
+        help=f"comma-separated, from {','.join(VERIFY_METHODS)} (default: all)",
+    )
+    ver.add_argument(
+        "--ks",
+        type=_parse_list(int),
+        help=f"numbers of objectives, each >= 2 (default: {_csv(_DEFAULTS.ks)})",
+    )
+    ver.add_argument(
+        "--cs", type=_parse_list(float), help=f"radii c in [0, 1) (default: {_csv(_DEFAULTS.cs)})"
+    )
+    ver.add_argument(
+        "--seeds", type=_parse_list(int), help=f"seeds >= 0 (default: {_csv(_DEFAULTS.seeds)})"
+    )
+    ver.add_argument(
+        "--steps", type=int, help=f"gradient steps per run, >= 10 (default: {_DEFAULTS.steps})"
+    )
+    ver.add_argument(
+        "--dim", type=int, help=f"parameter dimension, >= 2 (default: {_DEFAULTS.dim})"
+    )
+    ver.add_argument(
+        "--step-scale",
+        type=float,
+        help=f"η = step_scale / L, in (0, 1] (default: {_DEFAULTS.step_scale})",
+    )
+    ver.add_argument(
+        "--sweep",
+        type=int,
+        help=f"weights in the front sweep, 0 skips it, else >= 2 (default: {_DEFAULTS.sweep})",
+    )
+    ver.add_argument(
+        "--toy-steps",
+        type=int,
+        help=f"Adam steps on the CAGrad toy, 0 skips it (default: {_DEFAULTS.toy_steps})",
+    )
+    ver.add_argument(
+        "--toy-lr",
+        type=float,
+        help=f"Adam's learning rate on the toy (default: {_DEFAULTS.toy_lr})",
+    )
+    ver.add_argument(
+        "--output",
+        default="verify-output",
+        help="folder for report.json and the plots, created if needed (default: verify-output)",
+    )
     ver.add_argument("--no-output", action="store_true", help="write no files")
     ver.add_argument("--no-progress", action="store_true", help="no progress bar")
     ver.set_defaults(func=_verify)
