@@ -67,7 +67,7 @@ _TOL = 1e-9
 _RESOLVED = 1e-6
 # The largest relative duality gap accepted for a reported dual (a certified OPTIMAL solve has
 # a gap of at most 1e-9 on Φ itself; the gap computed here is the Frank–Wolfe-type bound, which
-# may be larger, and on the default run it stays below 5e-7).
+# may be larger: on the default run it reached 2.9e-6 for MGDA at K = 5, 3e-9 for CAGrad).
 _DUAL_GAP_TOL = 1e-4
 # The largest deviation from a method's form (exact algebra on the solver's output).
 _FORM_TOL = 1e-9
