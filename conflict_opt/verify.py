@@ -358,6 +358,17 @@ def _form_error(weights: torch.Tensor, result: SolveResult, method: str) -> torc
     return torch.maximum(error, residual / size.clamp_min(1e-300))
 
 
+def _strict_gain_conditions(
+    grads: torch.Tensor, weights: torch.Tensor, dual: torch.Tensor
+) -> torch.Tensor:
+    """Theorem 3.2's conditions for a strict gain (K = 2) but c > 0 and g_0 ≠ 0, ``[R]``: the
+    dual and the weights are interior, p ≠ w, and the two gradients are not colinear."""
+    interior = ((dual > 1e-6) & (dual < 1 - 1e-6)).all(-1) & (weights > 1e-6).all(-1)
+    moved = (dual - weights).abs().max(-1).values > 1e-6
+    colinear = _cos(grads[:, 0], grads[:, -1]).abs() > 1 - 1e-9
+    return interior & moved & ~colinear
+
+
 def _group_step(runs: Sequence[_Run], solver: Solver) -> None:
     """One gradient step for runs sharing (K, method, c), with one batched solve."""
     grads = torch.stack([run.problem.gradients(run.theta) for run in runs])  # [R, K, D]
@@ -386,12 +397,8 @@ def _group_step(runs: Sequence[_Run], solver: Solver) -> None:
     # resolution of its norm, about sqrt(eps) of Σ p̃_i‖g_i‖); elsewhere it is a wrong radius.
     vanished = g_clip.norm(dim=-1) <= 1e-7 * (result.clipped.clamp_min(0) * norms).sum(-1)
     radius_error = torch.where(active | ~vanished, radius_error, 0.0)
-    # Theorem 3.2's conditions for a strict gain (K = 2): interior dual, p ≠ w, not colinear,
-    # g_0 ≠ 0 (resolved by the Gram).
-    p, w = result.dual, weights
-    interior = ((p > 1e-6) & (p < 1 - 1e-6)).all(-1) & ((w > 1e-6).all(-1))
-    colinear = _cos(grads[:, 0], grads[:, -1]).abs() > 1 - 1e-9
-    strict = interior & ((p - w).abs().max(-1).values > 1e-6) & ~colinear & (c > 0)
+    # Theorem 3.2's conditions, with g_0 ≠ 0 as resolved by the Gram.
+    strict = _strict_gain_conditions(grads, weights, result.dual) & (c > 0)
     strict &= resolution <= _RESOLVED
     dual_gap = _dual_gap(grads, g0, result, method, c)
     form_error = _form_error(weights, result, method)
@@ -659,14 +666,11 @@ def _sample_instances(
     g0 = (weights.unsqueeze(-2) @ grads).squeeze(-2)
     g_p = (result.dual.unsqueeze(-2) @ grads).squeeze(-2)
     g_clip = (result.clipped.unsqueeze(-2) @ grads).squeeze(-2)
-    p = result.dual
-    interior = ((p > 1e-6) & (p < 1 - 1e-6)).all(-1) & (weights > 1e-6).all(-1)
-    colinear = _cos(grads[:, 0], grads[:, -1]).abs() > 1 - 1e-9
-    moved = (p - weights).abs().max(-1).values > 1e-6
+    strict = _strict_gain_conditions(grads, weights, result.dual) & (g0.norm(dim=-1) > 0)
     return {
         "rho": _cos(g0, g_p),
         "rho_clip": _cos(g0, g_clip),
-        "strict": interior & moved & ~colinear & (g0.norm(dim=-1) > 0),
+        "strict": strict,
         "bad_solve": (result.status != Status.OPTIMAL)
         | ~(_dual_gap(grads, g0, result, "cagrad_clip", c) <= _DUAL_GAP_TOL)
         | ~(_form_error(weights, result, "cagrad_clip") <= _FORM_TOL),
