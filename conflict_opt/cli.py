@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -102,19 +103,9 @@ def _parse_list(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
-_VERIFY_OPTIONS = (
-    "problems",
-    "methods",
-    "ks",
-    "cs",
-    "seeds",
-    "steps",
-    "dim",
-    "step_scale",
-    "sweep",
-    "toy_steps",
-    "toy_lr",
-)
+# The run options: every VerifyConfig field but the output folder, which has its own flags.
+_VERIFY_OPTIONS = tuple(f.name for f in dataclasses.fields(VerifyConfig) if f.name != "output")
+_QUICK = VerifyConfig.quick()
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -175,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument(
         "--quick",
         action="store_true",
-        help="a fixed smoke run of about 11 s (quadratic, K = 2 and 3, c = 0.5, seed 0, "
-        "200 steps); no other run option may be given with it",
+        help=f"a fixed smoke run of about 11 s ({_csv(_QUICK.problems)}, K = {_csv(_QUICK.ks)}, "
+        f"c = {_csv(_QUICK.cs)}, seed {_csv(_QUICK.seeds)}, {_QUICK.steps} steps); no other run "
+        "option may be given with it",
     )
     ver.add_argument(
         "--problems",

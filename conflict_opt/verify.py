@@ -298,6 +298,11 @@ def _cos(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, (u * v).sum(-1) / torch.where(denom > 0, denom, 1.0), 0.0)
 
 
+def _combine(coeffs: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Σ_k coeffs_k g_k per row: ``[R, K]`` coefficients of ``[R, K, D]`` gradients, ``[R, D]``."""
+    return (coeffs.unsqueeze(-2) @ grads).squeeze(-2)
+
+
 def _simplex_error(p: torch.Tensor) -> torch.Tensor:
     """How far each row of ``p [R, K]`` is from the simplex: max(|Σp − 1|, max(−p))."""
     return torch.maximum((p.sum(-1) - 1).abs(), (-p).clamp_min(0).max(-1).values)
@@ -318,10 +323,10 @@ def _dual_gap(
     if method == "linear":
         return torch.full_like(longest, math.nan)
     if method == "mgda":
-        d = (result.coeffs.unsqueeze(-2) @ grads).squeeze(-2)
+        d = _combine(result.coeffs, grads)
         gap = (d * d).sum(-1) - (grads @ d.unsqueeze(-1)).squeeze(-1).min(-1).values
         return gap / torch.where(longest > 0, longest**2, 1.0)
-    g_p = (result.dual.unsqueeze(-2) @ grads).squeeze(-2)
+    g_p = _combine(result.dual, grads)
     norm_p, norm_0 = g_p.norm(dim=-1), g0.norm(dim=-1)
     b = (grads @ g0.unsqueeze(-1)).squeeze(-1)  # ⟨g_i, g_0⟩
     radius = c * norm_0
@@ -378,11 +383,11 @@ def _group_step(runs: Sequence[_Run], solver: Solver) -> None:
     result = solver(gram, weights, method=method, c=c)
     # Pareto-criticality M(θ) = min_λ ‖Σλ_i g_i‖, by the package's MGDA solve.
     mgda = solve(gram, method="mgda", validate=False)
-    m_dir = (mgda.coeffs.unsqueeze(-2) @ grads).squeeze(-2)  # [R, D]
-    g0 = (weights.unsqueeze(-2) @ grads).squeeze(-2)  # [R, D]
-    step = (result.coeffs.unsqueeze(-2) @ grads).squeeze(-2)  # [R, D]
-    g_p = (result.dual.unsqueeze(-2) @ grads).squeeze(-2)
-    g_clip = (result.clipped.unsqueeze(-2) @ grads).squeeze(-2)
+    m_dir = _combine(mgda.coeffs, grads)  # [R, D]
+    g0 = _combine(weights, grads)  # [R, D]
+    step = _combine(result.coeffs, grads)  # [R, D]
+    g_p = _combine(result.dual, grads)
+    g_clip = _combine(result.clipped, grads)
     correction = step - g0
     rho, rho_clip, rho_step = _cos(g0, g_p), _cos(g0, g_clip), _cos(g0, correction)
     g0_norm = g0.norm(dim=-1)
@@ -663,9 +668,9 @@ def _sample_instances(
     weights = _dirichlet(gen, _SAMPLES, k)
     gram = grads @ grads.transpose(-1, -2)
     result = solver(gram, weights, method="cagrad_clip", c=c)
-    g0 = (weights.unsqueeze(-2) @ grads).squeeze(-2)
-    g_p = (result.dual.unsqueeze(-2) @ grads).squeeze(-2)
-    g_clip = (result.clipped.unsqueeze(-2) @ grads).squeeze(-2)
+    g0 = _combine(weights, grads)
+    g_p = _combine(result.dual, grads)
+    g_clip = _combine(result.clipped, grads)
     strict = _strict_gain_conditions(grads, weights, result.dual) & (g0.norm(dim=-1) > 0)
     return {
         "rho": _cos(g0, g_p),
@@ -874,7 +879,7 @@ def _toy(config: VerifyConfig, solver: Solver, tick: Callable[[], None]) -> list
             gram = grads @ grads.transpose(-1, -2)
             coeffs = solver(gram, weights, method=method, c=0.5).coeffs
             optimizer.zero_grad(set_to_none=False)
-            theta.grad = (coeffs.unsqueeze(-2) @ grads).squeeze(-2)
+            theta.grad = _combine(coeffs, grads)
             optimizer.step()
             if step % every == 0:
                 path.append(theta.detach().clone())
