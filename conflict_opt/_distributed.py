@@ -136,23 +136,36 @@ def agree(params: Sequence[torch.Tensor], k: int, group: Any, device: torch.devi
         )
 
 
-def _sharded_parameter(p: torch.Tensor) -> bool:
-    """Whether ``p`` is one rank's shard of a parameter: a DTensor (FSDP2, tensor parallelism)
-    or FSDP1's FlatParameter (matched by class name: its module is private)."""
+def _shard_kind(p: torch.Tensor) -> str | None:
+    """What makes ``p`` one rank's shard of a parameter, or None for a whole one.
+
+    * A DTensor: FSDP2 and tensor parallelism.
+    * FSDP1 (``FullyShardedDataParallel``): it sets the attribute ``_fsdp_flattened`` on its
+      ``FlatParameter`` and, with ``use_orig_params=True``, on each original parameter, which
+      is then a view into the rank's shard of the flat parameter (possibly empty)
+      (``torch.distributed.fsdp._common_utils``; private, but the only mark FSDP1 leaves).
+      The flat parameter is a plain ``nn.Parameter`` by type: FSDP1's ``isinstance`` check
+      goes through its metaclass, so its class name cannot identify it.
+    """
     if _DTENSOR is not None and isinstance(p, _DTENSOR):
-        return True
-    return any(cls.__name__ == "FlatParameter" for cls in type(p).__mro__)
+        return "a DTensor"
+    if getattr(p, "_is_flat_param", False):
+        return "FSDP1's FlatParameter"
+    if getattr(p, "_fsdp_flattened", False):
+        return "a parameter managed by FSDP1 (use_orig_params=True)"
+    return None
 
 
 def check_whole(params: Sequence[torch.Tensor]) -> None:
     """Raise for a parameter sharded across the ranks: averaging the ranks' shards would sum
     unrelated values. Called before the gradient passes, so that nothing is computed."""
     for t, p in enumerate(params):
-        if _sharded_parameter(p):
+        kind = _shard_kind(p)
+        if kind is not None:
             raise ValueError(
-                f"parameter {t} (a {type(p).__name__} of shape {tuple(p.shape)}) is sharded "
-                "across ranks (FSDP, DTensor): averaging per-objective gradients needs every "
-                "rank to hold every trainable parameter whole, as DistributedDataParallel does."
+                f"parameter {t} ({kind}, of shape {tuple(p.shape)}) is sharded across ranks "
+                "(FSDP, DTensor): averaging per-objective gradients needs every rank to hold "
+                "every trainable parameter whole, as DistributedDataParallel does."
             )
 
 

@@ -181,6 +181,29 @@ def dtensor(rank: int) -> dict[str, Any]:
     return {"error": None}
 
 
+def fsdp1(rank: int, use_orig_params: bool) -> dict[str, Any]:
+    """The trunk wrapped in FSDP1 (``FullyShardedDataParallel``): the optimizer sees its
+    FlatParameter, or with ``use_orig_params=True`` the original parameters as views into this
+    rank's shard. Either way every rank must raise before any gradient pass, naming FSDP1."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    net = Net()
+    net.trunk = FullyShardedDataParallel(
+        net.trunk, device_id=torch.device("cpu"), use_orig_params=use_orig_params
+    )
+    opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), WEIGHTS)
+    before = params_of(net)
+    try:
+        opt.step(shard_losses(net, net, 0, rank))
+    except ValueError as err:
+        return {"error": str(err), "untouched": _equal(before, params_of(net))}
+    return {"error": None}
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
 def closure(rank: int) -> dict[str, Any]:
     """LBFGS with a strong-Wolfe line search: its decisions read the closure's value, which
     must be the same on every rank for the replicas to stay identical."""
@@ -214,6 +237,8 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "nan": nan_step,
     "mismatch": mismatch,
     "dtensor": dtensor,
+    "fsdp1": functools.partial(fsdp1, use_orig_params=False),
+    "fsdp1_orig_params": functools.partial(fsdp1, use_orig_params=True),
     "k_mismatch": functools.partial(k_mismatch, mode="store"),
     "k_mismatch_gram_first": functools.partial(k_mismatch, mode="gram_first"),
     "closure": closure,

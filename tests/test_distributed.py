@@ -248,6 +248,19 @@ def test_sharded_parameters_are_refused_on_every_rank(
         assert "sharded across ranks" in result["error"]
 
 
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("fsdp1", "FSDP1's FlatParameter"), ("fsdp1_orig_params", "use_orig_params=True")],
+)
+def test_fsdp1_parameters_are_refused_on_every_rank_before_any_pass(
+    ranks: list[dict[str, Any]], scheme: str, name: str, kind: str
+) -> None:
+    for result in scenario(ranks, scheme, name):
+        assert result["error"] is not None and kind in result["error"], result["error"]
+        assert "sharded across ranks" in result["error"]
+        assert result["untouched"]
+
+
 def test_closure_values_and_replicas_agree(ranks: list[dict[str, Any]], scheme: str) -> None:
     results = scenario(ranks, scheme, "closure")
     assert_replicas_equal(results)
