@@ -519,7 +519,8 @@ class MultiObjectiveOptimizer:
 
     ``backward`` gathers one gradient per objective over the trainable parameters (those with
     ``requires_grad`` in the inner optimizer's groups, read at each call, so layers may be
-    frozen and unfrozen); ``step`` solves for the coefficients a, writes Σ a_k g_k into
+    frozen and unfrozen; one frozen after its ``backward`` still takes that step, as in plain
+    torch); ``step`` solves for the coefficients a, writes Σ a_k g_k into
     ``.grad`` and calls the inner optimizer's ``step()``.
 
     Args:
@@ -1319,14 +1320,13 @@ class MultiObjectiveOptimizer:
         """Solve the stored step (store mode, per step), write ``.grad``, drop the store;
         returns whether any Gram of the step was non-finite."""
         if self.mode == "store" and self.accumulation == "per_step":
+            # The parameters are those the backward passes took: one frozen since then still
+            # takes part, as its .grad would in plain torch (and in the other modes, which
+            # write .grad at backward).
             if self._first is not None:
                 params, grads = self._first
-                if not all(map(_REQUIRES_GRAD, params)):  # frozen since backward
-                    kept = [t for t, p in enumerate(params) if p.requires_grad]
-                    params = [params[t] for t in kept]
-                    grads = [[g[t] for t in kept] for g in grads]
             else:
-                params = [p for p in self._store if p.requires_grad]
+                params = list(self._store)
                 grads = [[self._store[p][i] for p in params] for i in range(self._k or 0)]
             if self._group is not None:
                 # The lists above become the only holders of the local gradients, which the

@@ -265,6 +265,13 @@ def test_closure_values_and_replicas_agree(ranks: list[dict[str, Any]], scheme: 
     results = scenario(ranks, scheme, "closure")
     assert_replicas_equal(results)
     assert results[0]["values"] == results[1]["values"]
+    # The first step's value is its first evaluation: Σ_k w_k L_k at the initial parameters,
+    # averaged over the shards as the gradients are (not summed).
+    net = Net()
+    with torch.no_grad():
+        shards = [shard_losses(net, net, 0, r) for r in range(WORLD)]
+    values = [sum(w * float(x) for w, x in zip(WEIGHTS, ls, strict=True)) for ls in shards]
+    assert results[0]["values"][0] == pytest.approx(sum(values) / WORLD, rel=1e-12)
 
 
 def test_a_group_of_one_rank_trains_each_rank_on_its_own_shard(

@@ -393,11 +393,16 @@ def test_accumulation_per_micro_batch_sums_directions() -> None:
     opt.step()
 
 
-def test_grad_scaler_unscales_and_skips_inf_steps() -> None:
+@pytest.mark.parametrize("mode", ["store", "gram_first"])
+def test_grad_scaler_unscales_and_skips_inf_steps(mode: str) -> None:
+    """In either mode the Gram the solve and last_info see is the unscaled one (the scaled
+    Gram is S² times it), and an overflowing step writes nothing."""
     plain, scaled = _model(), _model()
-    opt_plain = MultiObjectiveOptimizer(torch.optim.SGD(plain.parameters(), lr=0.1))
+    opt_plain = MultiObjectiveOptimizer(torch.optim.SGD(plain.parameters(), lr=0.1), mode=mode)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    opt = MultiObjectiveOptimizer(torch.optim.SGD(scaled.parameters(), lr=0.1), scaler=scaler)
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(scaled.parameters(), lr=0.1), scaler=scaler, mode=mode
+    )
     x, y = _data(0)
     opt_plain.zero_grad()
     opt_plain.step(plain.losses(x, y))
@@ -1329,3 +1334,180 @@ def test_gram_first_names_a_complex_parameter() -> None:
     with pytest.raises(ValueError, match=r"parameter 0 \(shape \(2,\)\) has dtype torch.complex64"):
         opt.backward([p.abs().sum(), p.real.sum()])
     assert p.grad is None
+
+
+# ------------------------------------ skipped steps, refusals, diagnostics against the gradients
+def test_a_skipped_step_writes_nothing_to_the_parameters_or_the_inner_state() -> None:
+    """A non-finite Gram skips the step as GradScaler does: the parameters and the inner
+    optimizer's state (AdamW's step counts and moments; its weight decay would move the
+    parameters even on zero gradients) stay as they were, so the next step equals that of a
+    run that never saw the bad batch. The skipped step is reported and counted."""
+    model, ref = _model(), _model()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1), [0.6, 0.3, 0.1]
+    )
+    opt_ref = MultiObjectiveOptimizer(
+        torch.optim.AdamW(ref.parameters(), lr=0.01, weight_decay=0.1), [0.6, 0.3, 0.1]
+    )
+    _steps(opt, model, range(1))
+    _steps(opt_ref, ref, range(1))
+    before, inner_before = _params(model), copy.deepcopy(opt.optimizer.state_dict())
+    hook = model.trunk.weight.register_hook(lambda g: g * float("inf"))
+    opt.zero_grad()
+    assert opt.step(model.losses(*_data(1))) is None
+    hook.remove()
+    assert bool(opt.last_info["skipped"]) and opt.steps == 2
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+    after = opt.optimizer.state_dict()
+    assert after["state"].keys() == inner_before["state"].keys()
+    for key, state in inner_before["state"].items():
+        for name, value in state.items():
+            assert torch.equal(after["state"][key][name], value), (key, name)
+    _steps(opt, model, range(2, 3))
+    _steps(opt_ref, ref, range(2, 3))
+    assert not bool(opt.last_info["skipped"])
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kw", [{"accumulation": "per_micro_batch"}, {"mode": "gram_first"}])
+def test_a_nonfinite_gram_in_an_earlier_micro_batch_still_skips_the_step(kw: dict) -> None:
+    """Solving per micro-batch, the step is skipped if any micro-batch's Gram was non-finite,
+    not only the last one's: the first one's inf/NaN is already summed into .grad."""
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), **kw)
+    before = _params(model)
+    opt.zero_grad()
+    hook = model.trunk.weight.register_hook(lambda g: g * float("inf"))
+    opt.backward(model.losses(*_data(0)))
+    hook.remove()
+    opt.backward(model.losses(*_data(1)))  # finite
+    assert opt.step() is None
+    assert bool(opt.last_info["skipped"])
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"accumulation": "per_micro_batch"}, {"mode": "gram_first"}],
+    ids=["per_step", "per_micro_batch", "gram_first"],
+)
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_a_layer_frozen_between_backward_and_step_still_takes_that_step(
+    kw: dict, micro_batches: int
+) -> None:
+    """Which parameters take part is decided at backward (docs/optimizer.md): a layer frozen
+    after the passes and before step is moved by that step, as its .grad would be in plain
+    torch, in every mode and whether the step gathered one micro-batch or two. So the step
+    equals that of a run in which nothing was frozen."""
+    frozen, free = _model(), _model()
+    w = [0.6, 0.3, 0.1]
+    opt_frozen = MultiObjectiveOptimizer(torch.optim.SGD(frozen.parameters(), lr=0.1), w, **kw)
+    opt_free = MultiObjectiveOptimizer(torch.optim.SGD(free.parameters(), lr=0.1), w, **kw)
+    before = frozen.heads[1].weight.detach().clone()
+    for model, opt in ((frozen, opt_frozen), (free, opt_free)):
+        for micro in range(micro_batches):
+            opt.backward(model.losses(*_data(micro)))
+    frozen.heads[1].weight.requires_grad_(False)
+    opt_frozen.step()
+    opt_free.step()
+    assert not torch.equal(frozen.heads[1].weight, before)
+    for a, b in zip(frozen.parameters(), free.parameters(), strict=True):
+        assert torch.equal(a, b)
+        assert (a.grad is None and b.grad is None) or torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("mode", ["store", "gram_first"])
+def test_backward_refuses_a_wrong_number_of_losses_before_any_pass(mode: str) -> None:
+    """backward itself raises for K losses against another number of weights, before any
+    backward pass (the graph is still whole) and with nothing gathered for the step."""
+    model = _model()
+    opt = MultiObjectiveOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), [0.6, 0.3, 0.1], mode=mode
+    )
+    losses = model.losses(*_data(0))[:2]
+    with pytest.raises(ValueError, match="got 2 losses for 3 weights"):
+        opt.backward(losses)
+    assert all(p.grad is None for p in model.parameters())
+    torch.autograd.grad(losses[0], model.trunk.weight)  # no pass freed the graph
+    with pytest.raises(RuntimeError, match="before step"):
+        opt.step()
+
+
+def _flat(params: list[torch.Tensor], grads) -> torch.Tensor:
+    """One float64 vector of per-parameter gradients, zeros where one is None."""
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if x is None else x).flatten().double()
+            for p, x in zip(params, grads, strict=True)
+        ]
+    )
+
+
+def test_last_info_matches_the_diagnostics_computed_from_the_gradients() -> None:
+    """last_info against the gradients themselves, with non-uniform weights: ⟨g_i, d⟩,
+    cos(g_i, d), ‖d‖ / ‖Σ w_k g_k‖, cos(g_i, g_j) and the Gram, for d the .grad written."""
+    w = [0.6, 0.3, 0.1]
+    model = _model()
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), w)
+    params = list(model.parameters())
+    losses = model.losses(*_data(0))
+    g = torch.stack(
+        [
+            _flat(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+            for loss in losses
+        ]
+    )
+    opt.zero_grad()
+    opt.backward(losses)
+    opt.aggregate()
+    d = _flat(params, [p.grad for p in params])
+    info = opt.last_info
+    norms = g.norm(dim=1)
+    # d is the float32 .grad; the Gram is of the float32 gradients, summed in float64.
+    torch.testing.assert_close(info["gram"], g @ g.T)
+    torch.testing.assert_close(info["directional"], g @ d, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(info["cosines"], g @ d / (norms * d.norm()), rtol=1e-5, atol=1e-9)
+    g0 = torch.tensor(w, dtype=torch.float64) @ g
+    torch.testing.assert_close(info["relative_norm"], d.norm() / g0.norm(), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(info["pairwise_cosines"], g @ g.T / torch.outer(norms, norms))
+
+
+def test_a_c_schedule_alone_changes_the_step() -> None:
+    """K = 1: CAGrad's step is (1 + c) g for the c of that step, whatever c the earlier steps
+    used (a schedule that changes only c, with nothing else to tell the steps apart)."""
+    model = _model(1)
+    opt = MultiObjectiveOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), c=0.4)
+    for step, c in enumerate([0.4, 0.1, 0.0, 0.25]):
+        opt.c = c
+        x, y = _data(step)
+        (grad,) = torch.autograd.grad(model.losses(x, y)[0], model.trunk.weight)
+        before = model.trunk.weight.detach().clone()
+        opt.zero_grad()
+        opt.step(model.losses(x, y))
+        torch.testing.assert_close(model.trunk.weight, before - 0.1 * (1 + c) * grad)
+
+
+def test_a_parameter_listed_twice_in_the_inner_optimizer_counts_once() -> None:
+    """torch allows a parameter twice in a group (with a warning): its gradients must enter
+    the Gram and .grad once, as aggregate_ over the distinct parameters has them."""
+    torch.manual_seed(0)
+    p, q = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(4))
+
+    def losses() -> list[torch.Tensor]:
+        return [(p**2).sum() + q.sum(), p[0] * q[1] + (q**2).mean() - p.sum()]
+
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        sgd = torch.optim.SGD([p, p, q], lr=0.1)
+    opt = MultiObjectiveOptimizer(sgd, [0.7, 0.3])
+    opt.backward(losses())
+    opt.aggregate()
+    got = [p.grad.clone(), q.grad.clone()]
+    grads = [list(torch.autograd.grad(loss, [p, q])) for loss in losses()]
+    p.grad = q.grad = None
+    agg = conflict_opt.aggregate_([p, q], grads, [0.7, 0.3])
+    torch.testing.assert_close(opt.last_info["gram"], agg.gram)
+    torch.testing.assert_close(got[0], p.grad)
+    torch.testing.assert_close(got[1], q.grad)
