@@ -307,6 +307,21 @@ def test_exclusive_accepts_an_output_that_is_its_own_row_and_nothing_else() -> N
     assert _exclusive([p, p + 8 * f, p, p + 8 * f], [8, 8], [p + 32 * f, p + 40 * f]) is not None
 
 
+def test_exclusive_finds_an_output_inside_a_long_row_behind_shorter_ones() -> None:
+    """The kernel sorts the spans by start and looks back from an output as far as the running
+    maximum of their ends reaches: an output inside a long row is found even when shorter
+    spans, which end before the output starts, lie between the two."""
+    buf = torch.randn(512)
+    p = buf.data_ptr()
+    f = 4  # bytes per float32
+    # Piece 0 (100 values) reads [0, 100) and [100, 200), writes [300, 400). Piece 1 (10
+    # values) reads [10, 20) and [30, 40): spans that start after [0, 100) and end before 50.
+    rows = [p, p + 100 * f, p + 10 * f, p + 30 * f]
+    assert _exclusive(rows, [100, 10], [p + 300 * f, p + 400 * f]) is not None
+    # Piece 1 writing [50, 60), inside piece 0's first row, which it may be read after.
+    assert _exclusive(rows, [100, 10], [p + 300 * f, p + 50 * f]) is None
+
+
 def test_exclusive_refuses_before_reading_or_writing() -> None:
     """A refusal returns None at once: the output keeps its values even with a solve asked."""
     x = torch.randn(3, 10)

@@ -9,6 +9,7 @@ own argument checks, and the routing between the kernels and the torch-ops path.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -112,6 +113,77 @@ def test_gram_is_bitwise_the_same_for_any_thread_count() -> None:
         assert native.gram(5, _ptrs(rows), list(lens), False, threads) == first, threads
 
 
+# Pieces of 636,866 values in all: past 64 chunks of either kernel, so that every block of the
+# work holds several chunks (the Gram 2 of GRAM_CHUNK, the combination 5 of COMBINE_CHUNK) and
+# chunk boundaries fall inside blocks as well as between them.
+_MANY_CHUNKS = (600_000, 8191, 1, 8193, 0, 16_385, 2047, 2049)
+
+
+def _integer_pieces(k: int, dtype: torch.dtype, seed: int):
+    """Like _pieces, with integers in [-4, 4]: every product and every partial sum of the
+    kernels is exact in float32 (and in bfloat16 storage), so any lost, repeated or misplaced
+    value shows up as an exact mismatch, however small against the rounding bounds."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = [
+        [
+            None if (i + t) % 4 == 0 else torch.randint(-4, 5, (n,), generator=gen).to(dtype)
+            for i in range(k)
+        ]
+        for t, n in enumerate(_MANY_CHUNKS)
+    ]
+    j = torch.stack(
+        [
+            torch.cat(
+                [
+                    torch.zeros(n, dtype=torch.float64)
+                    if rows[t][i] is None
+                    else rows[t][i].double()
+                    for t, n in enumerate(_MANY_CHUNKS)
+                ]
+            )
+            for i in range(k)
+        ]
+    )
+    return rows, j
+
+
+@pytest.mark.parametrize("dtype", list(KIND))
+def test_kernels_are_exact_on_integers_over_blocks_of_several_chunks(dtype: torch.dtype) -> None:
+    """Past 64 chunks a block walks several chunks, and chunk boundaries fall inside a piece
+    within one block: there the Gram and the combination must still read every value once.
+    On small integers both kernels are exact, so the results must equal the float64 ones."""
+    assert sum(_MANY_CHUNKS) > 64 * native.GRAM_CHUNK
+    rows, j = _integer_pieces(5, dtype, seed=3)
+    want = (j @ j.T).flatten().tolist()
+    for threads in (1, 2):
+        assert native.gram(5, _ptrs(rows), list(_MANY_CHUNKS), KIND[dtype], threads) == want
+    a = torch.tensor([3.0, -1.0, 0.5, 2.0, -2.0, 1.0, 0.25, -0.5, 4.0], dtype=torch.float64)
+    out_dtypes = [dtype] if dtype == torch.float64 else [torch.float32, torch.bfloat16]
+    for k in (5, 9):  # in registers, and through the chunk buffer
+        rows, j = _integer_pieces(k, dtype, seed=k)
+        want = a[:k] @ j
+        for out_dtype, accumulate, stream in itertools.product(
+            out_dtypes, (False, True), (False, True)
+        ):
+            outs = [torch.full((n,), 1.0 if accumulate else math.nan) for n in _MANY_CHUNKS]
+            outs = [o.to(out_dtype) for o in outs]
+            native.combine(
+                k,
+                _ptrs(rows),
+                list(_MANY_CHUNKS),
+                KIND[dtype],
+                2,
+                [o.data_ptr() for o in outs],
+                KIND[out_dtype],
+                a[:k].tolist(),
+                accumulate,
+                stream,
+            )
+            got = torch.cat(outs).double()
+            # Sums of at most 9 multiples of 1/4 below 64: exact in float32 and bfloat16 alike.
+            assert torch.equal(got, want + (1.0 if accumulate else 0.0)), (k, out_dtype)
+
+
 def _assert_combined(out: torch.Tensor, want: torch.Tensor, size: torch.Tensor, dtype) -> None:
     tol = 8 * _unit(dtype) * size + 1e-300
     err = (out.double() - want).abs()
@@ -193,6 +265,11 @@ def test_bfloat16_rounding_is_nearest_even_and_keeps_nan() -> None:
             0xFF800001,
             0x3FFFFFFF,
             0x477FE000,
+            # Quiet NaNs whose payload fills the mantissa: rounded like numbers, they would
+            # carry into the sign bit (0x7FFF8000 -> -0.0) or wrap around to +0.0.
+            0x7FFFFFFF,
+            0xFFFFFFFF,
+            0x7FFF8000,
         ],
         dtype=torch.int64,
     ).to(torch.int32)
@@ -451,6 +528,31 @@ def test_partially_overlapping_outputs_are_skipped_and_returned() -> None:
     # Piece 1 untouched; piece 2 wrote g1 := g1 + g2 in place.
     torch.testing.assert_close(store[:100], before[:100] + before[100:200])
     torch.testing.assert_close(store[100:], before[100:])
+
+
+def test_an_output_at_its_rows_address_in_another_dtype_is_a_partial_overlap() -> None:
+    """Only an output that is exactly one of its rows, the same memory in the same dtype, may be
+    written chunk by chunk. A float32 output that starts where its bfloat16 row starts covers
+    the row and as much memory again, so each chunk written would overwrite row values that a
+    later chunk reads: the kernel must skip it, and the dispatcher then writes it on torch ops
+    with the result of a separate output."""
+    n = 3 * native.COMBINE_CHUNK + 5
+    gen = torch.Generator().manual_seed(11)
+    store = torch.randn(2 * n, generator=gen).bfloat16()
+    row, other = store[:n], torch.randn(n, generator=gen).bfloat16()
+    out = store.view(torch.float32)  # n float32 values: over the row and past it
+    assert out.data_ptr() == row.data_ptr() and out.shape == row.shape
+    want = 0.5 * row.float() - 1.25 * other.float()
+    before = store.clone()
+    skipped = native.combine(
+        2, _ptrs([[row, other]]), [n], 2, 1, [out.data_ptr()], 0, [0.5, -1.25], False, False
+    )
+    assert skipped == [0]
+    assert torch.equal(store.view(torch.int16), before.view(torch.int16)), (
+        "a skipped piece was written"
+    )
+    conflict_opt.combine_([out], [[row], [other]], [0.5, -1.25], backend="torch")
+    torch.testing.assert_close(out, want)
 
 
 def test_partial_overlap_routes_to_torch_ops(monkeypatch) -> None:

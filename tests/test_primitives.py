@@ -223,6 +223,77 @@ def test_combine_matches_reference(case: Case, backend: str) -> None:
         _assert_combined(case, start, j, a, base, out_dtype)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, torch.bfloat16, torch.float16, torch.float64],
+    ids=lambda d: str(d).split(".")[-1],
+)
+def test_combine_into_float64_outputs_is_formed_in_float64(
+    dtype: torch.dtype, backend: str
+) -> None:
+    """The sum is formed in float64 when a gradient or the output is float64, with the
+    coefficients as given (docs/kernels.md, "Precision"). Here every output is float64 and the
+    coefficients are not float32 numbers, so a sum formed in float32 (32- or 16-bit gradients
+    into a float64 output) or coefficients rounded to float32 miss the float64 tolerance by
+    errors of order 2⁻²⁴. A tensor big enough for the torch path's in-place slices, small
+    staged ones, and an absent gradient."""
+    _need(backend)
+    case = Case("float64-out", 3, ((40_000,), (5, 7), (300,)), dtype=dtype, none_every=4)
+    grads = _make(case)
+    j = _flat64(grads, case)
+    a = torch.tensor([0.1, -1.0 / 3.0, 0.7], dtype=torch.float64)
+    outs = _outs(case, grads, torch.float64)  # poisoned: every element must be written
+    conflict_opt.combine_(outs, grads, a, backend=_b(backend))
+    _assert_combined(case, outs, j, a, None, torch.float64)
+    start = _outs(case, grads, torch.float64, fill=0.5)
+    conflict_opt.combine_(start, grads, a, backend=_b(backend), accumulate=True)
+    base = torch.full((j.shape[1],), 0.5, dtype=torch.float64)
+    _assert_combined(case, start, j, a, base, torch.float64)
+
+
+# float32 bit patterns for bfloat16 rounding: ties between two bfloat16 neighbours (to the even
+# one, up and down, both signs), just below and above a tie, a carry into the exponent, the
+# largest finite tie (to Inf), and NaNs whose payload fills the mantissa (rounded like numbers,
+# they would carry into the sign bit or wrap around to zero).
+_BF16_BITS = [
+    0x3F808000,
+    0x3F818000,
+    0xBF808000,
+    0xBF818000,
+    0x3F80C000,
+    0x3F807FFF,
+    0x3F808001,
+    0x3FFFFFFF,
+    0x477FE000,
+    0x7F7F8000,
+    0x7FFFFFFF,
+    0xFFFFFFFF,
+    0x7FFF8000,
+    0x7FC00000,
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_outputs_are_rounded_to_nearest_even_and_keep_nan(backend: str) -> None:
+    """A bfloat16 output gets one rounding of the float32 sum, to nearest even, NaN kept, in
+    every backend (the triton kernel rounds by hand, its interpreter truncating on a plain
+    cast). With one coefficient 1 the sum is the gradient itself, so the output must be torch's
+    own rounding of it bit for bit: ties included, which a tolerance cannot tell apart."""
+    _need(backend)
+    bits = torch.tensor(_BF16_BITS, dtype=torch.int64).to(torch.int32)
+    values = bits.view(torch.float32).repeat(300)  # several chunks and steps of each kernel
+    grads = [[values[:1000], values[1000:]]]
+    outs = [torch.empty(x.shape, dtype=torch.bfloat16) for x in grads[0]]
+    conflict_opt.combine_(outs, grads, [1.0], backend=_b(backend))
+    got, want = torch.cat(outs), values.bfloat16()
+    assert torch.equal(got.isnan(), want.isnan()), "NaN must stay NaN"
+    bad = ~want.isnan() & (got.view(torch.int16) != want.view(torch.int16))
+    assert not bool(bad.any()), sorted(
+        {hex(_BF16_BITS[int(i) % len(_BF16_BITS)]) for i in bad.nonzero()}
+    )
+
+
 SPLIT_CASES = [c for c in CASES if c.name in ("200tensors", "P65537-1tensor", "K12-two-tiles")]
 SPLIT_CASES += [c for c in CASES if c.name in ("noncontiguous", "dtype-bfloat16", "dtype-float64")]
 
@@ -630,6 +701,19 @@ class _TensorLike:
         (
             lambda: conflict_opt.gram(torch.eye(2).to_sparse()),
             "`grads` must be a dense .strided. tensor, got layout=torch.sparse_coo",
+        ),
+        # An output on another device than the gradients, either way round.
+        (
+            lambda: conflict_opt.combine_(
+                [torch.empty(2, device="meta")], [[torch.ones(2)]], [1.0]
+            ),
+            r"^`out\[0\]` must be on the gradients' device cpu, got meta\.$",
+        ),
+        (
+            lambda: conflict_opt.combine_(
+                [torch.empty(2)], [[torch.ones(2, device="meta")]], [1.0], backend="reference"
+            ),
+            r"^`out\[0\]` must be on the gradients' device meta, got cpu\.$",
         ),
         (
             lambda: conflict_opt.combine_([torch.ones(2).to_sparse()], [[torch.ones(2)]], [1.0]),
