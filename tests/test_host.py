@@ -170,6 +170,48 @@ def test_invalid_input_still_raises_the_dispatchers_errors() -> None:
         conflict_opt.solve(torch.eye(5), [1.5, -0.5, 0.0, 0.0, 0.0], backend="iterative")
 
 
+def _indefinite_gram() -> torch.Tensor:
+    """A 3×3 Gram whose smallest eigenvalue is −2e-5 (−1.3e-5 of the trace): beyond the
+    round-off that validation accepts for float64 (−1e-6 of the trace)."""
+    q, _ = torch.linalg.qr(
+        torch.tensor([[2.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 4.0]]).double()
+    )
+    return q @ torch.diag(torch.tensor([1.0, 0.5, -2e-5], dtype=torch.float64)) @ q.T
+
+
+def _asymmetric_gram() -> torch.Tensor:
+    """Asymmetric by 1e-5 of its largest entry: beyond float64's tolerance of 1e-6."""
+    gram = torch.tensor([[2.0, 0.3, -0.4], [0.3, 1.0, 0.2], [-0.4, 0.2, 1.5]], dtype=torch.float64)
+    gram[0, 1] += 2e-5
+    return gram
+
+
+JUST_BEYOND = {
+    "asymmetric": (_asymmetric_gram, [0.2, 0.3, 0.5], r"symmetric: max \|H - H\^T\| = 2e-05 "),
+    "indefinite": (_indefinite_gram, [0.2, 0.3, 0.5], r"semidefinite.*smallest eigenvalue -2e-05"),
+    "weights": (lambda: torch.eye(3, dtype=torch.float64), [0.2, 0.3, 0.50001], r"sum=1.00001 "),
+}
+
+
+@pytest.mark.parametrize("name", list(JUST_BEYOND))
+@pytest.mark.parametrize("method", ["cagrad_clip", "mgda", "linear"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_just_beyond_the_tolerances_raises_on_both_paths(
+    name: str, method: str, backend: str
+) -> None:
+    """docs/solvers.md's tolerances are |H − Hᵀ| ≤ 1e-6·max|H|, eigenvalues ≥ −1e-6·tr(H) and
+    |Σw − 1| ≤ 1e-6 (float64). Input 10 to 13 times beyond them is invalid: the host path
+    must refuse it, so that the dispatcher raises with the bad value, as the torch path does."""
+    make, weights, match = JUST_BEYOND[name]
+    gram = make()
+    assert _host.solve_host(gram, weights, method, 0.4, backend, True) is None
+    for batched in (False, True):
+        g = gram[None] if batched else gram
+        w = torch.tensor([weights], dtype=torch.float64) if batched else weights
+        with pytest.raises(ValueError, match=match):
+            conflict_opt.solve(g, w, method=method, backend=backend)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nonfinite_and_degenerate_statuses_are_the_torch_paths(backend: str) -> None:
     res = conflict_opt.solve(torch.tensor([[1.0, math.nan], [math.nan, 1.0]]), backend=backend)
@@ -334,6 +376,52 @@ def test_nnqp_satisfies_its_kkt_conditions(seed: int, k: int) -> None:
     assert (q >= 0).all() and (q[~support] == 0).all()
     assert np.abs(grad[support]).max(initial=0.0) <= 1e-10 * scale
     assert grad[~support].max(initial=0.0) <= 1e-10 * scale
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_answers_only_what_it_certifies_at_tol_optimal(
+    method: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host path's contract: an answer's gap is at most TOL_OPTIMAL, whatever that
+    threshold, and the rest goes to the torch path. Its exact KKT points certify at 0 to
+    1e-15, so under a threshold of 1e-17 some must be refused and none answered above it
+    (in C, the threshold arrives through native_options, cached per problem shape)."""
+    monkeypatch.setattr(_problem, "TOL_OPTIMAL", 1e-17)
+    _host.native_options.cache_clear()
+    try:
+        answered = refused = 0
+        rng = np.random.default_rng(21)
+        for i in range(40):
+            k = (2, 3, 5)[i % 3]
+            case = helpers.case(rng, k, kind=("random", "conflict")[i % 2])
+            gram, weights = torch.tensor(case.gram), torch.tensor(case.weights)
+            res = _host.solve_host(gram, weights, method, 0.4, backend_for(k, backend), True)
+            if res is None:
+                refused += 1
+                continue
+            answered += 1
+            assert float(res.gap) <= 1e-17, (case, float(res.gap))
+        assert answered > 0 and refused > 0, (answered, refused)
+    finally:
+        _host.native_options.cache_clear()
+
+
+@pytest.mark.parametrize("delta", [1e-4, 1e-6, 1e-7, 1e-8, 1e-9])
+def test_mgda_active_set_answers_a_gradient_that_barely_enters_the_min_norm_face(
+    delta: float,
+) -> None:
+    """g_3 lowers the min-norm point of {g_1, g_2} only by a relative δ: the exact optimum is
+    p = ((1 − b)/2, (1 − b)/2, b) with b = δ/(1 + 2δ²). The gradients are distinct and well
+    conditioned, so the active set answers itself (docs/solvers.md, "Two paths"), at the KKT
+    point to round-off, not at the face {g_1, g_2} where a loose entering test would stop."""
+    g = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5 - delta, 0.5 - delta, 1.0]])
+    res = _host.solve_host(torch.tensor(g @ g.T), None, "mgda", 0.4, "iterative", True)
+    assert res is not None
+    assert float(res.dual[2]) == pytest.approx(delta / (1 + 2 * delta**2), rel=1e-6)
+    d = res.dual.numpy() @ g
+    # Min-norm KKT: (Hp)_i ≥ pᵀHp for every i.
+    assert (g @ d).min() >= d @ d - 1e-15
 
 
 def test_noncontiguous_and_grad_requiring_grams_are_read_as_values() -> None:

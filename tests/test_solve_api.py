@@ -103,6 +103,20 @@ def test_indefinite_gram_is_rejected_with_its_eigenvalue() -> None:
         conflict_opt.solve(gram)
 
 
+def test_invalid_gram_in_a_batch_is_named_by_its_flat_index() -> None:
+    """Non-finite problems are NONFINITE, not errors, but they still occupy their index: the
+    asymmetric Gram below is problem 1 of the flattened batch, after a NaN one, and the
+    indefinite one problem 2, after a NaN one and a valid one."""
+    nan = torch.full((2, 2), math.nan, dtype=torch.float64)
+    asymmetric = torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"symmetric.*\(problem 1 of the flattened batch\)"):
+        conflict_opt.solve(torch.stack([nan, asymmetric]))
+    eye = torch.eye(2, dtype=torch.float64)
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"semidefinite.*\(problem 2 of the flattened batch\)"):
+        conflict_opt.solve(torch.stack([nan, eye, indefinite]))
+
+
 def test_roundoff_negative_eigenvalues_are_accepted() -> None:
     g = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
     gram = torch.cat([g, -g]) @ torch.cat([g, -g]).T  # rank 1, exactly opposite gradients
@@ -165,6 +179,25 @@ def test_unvalidated_nonfinite_weights_are_nonfinite_never_optimal(
     assert Status(int(res.status.reshape(()))) == Status.NONFINITE
     assert torch.equal(res.coeffs.reshape(3), torch.zeros(3, dtype=torch.float64))
     assert float(res.gap.reshape(())) == math.inf
+
+
+def test_status_follows_the_documented_gap_thresholds() -> None:
+    """docs/solvers.md, "Statuses": OPTIMAL up to a gap of 1e-9, INACCURATE up to 1e-6, MAX_ITER
+    beyond, whether or not an iteration budget ran out (the closed form or the reference may
+    fail to certify as well); and check() passes OPTIMAL and INACCURATE only."""
+    from conflict_opt.solvers import _problem
+
+    gap = torch.tensor([0.0, 1e-9, 1.5e-9, 1e-7, 1e-6, 1.5e-6, 1e-3], dtype=torch.float64)
+    ok, loose, failed = Status.OPTIMAL, Status.INACCURATE, Status.MAX_ITER
+    expected = [ok, ok, loose, loose, loose, failed, failed]
+    for exhausted in (None, torch.zeros(7, dtype=torch.bool), torch.ones(7, dtype=torch.bool)):
+        status = _problem.status_from_gap(gap, exhausted)
+        assert [Status(int(s)) for s in status] == expected, exhausted
+    zeros = torch.zeros(7, 2, dtype=torch.float64)
+    res = SolveResult(zeros, zeros, zeros, status, torch.zeros(7, dtype=torch.int64), gap)
+    conflict_opt.check(helpers.row(res, 4))  # INACCURATE passes
+    with pytest.raises(SolverError, match=r"2 of 7 problems failed: MAX_ITER=2 .*index 5"):
+        conflict_opt.check(res)
 
 
 def test_nan_gap_maps_to_nonfinite() -> None:
@@ -344,6 +377,25 @@ def test_nonfinite_problem_does_not_poison_its_batch() -> None:
     torch.testing.assert_close(res.coeffs[0], res.coeffs[2])
 
 
+@pytest.mark.parametrize(("method", "c"), [("linear", 0.4), ("cagrad_clip", 0.0), ("cagrad", 0.0)])
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "torch"])
+def test_nonfinite_gram_is_nonfinite_even_without_a_dual_to_solve(
+    method: str, c: float, backend: str, batched: bool
+) -> None:
+    """The NaN/Inf policy covers every method: linear scalarisation and c = 0 solve no dual
+    (a = w), but a NaN Gram must still give NONFINITE with a = 0, never a = w as OPTIMAL."""
+    gram, w = conflict_gram()
+    gram = gram.clone()
+    gram[0, 2] = gram[2, 0] = math.nan
+    res = conflict_opt.solve(
+        gram[None] if batched else gram, w, method=method, c=c, backend=backend
+    )
+    assert Status(int(res.status.reshape(()))) == Status.NONFINITE
+    assert torch.equal(res.coeffs.reshape(3), torch.zeros(3, dtype=torch.float64))
+    assert float(res.gap.reshape(())) == math.inf
+
+
 @pytest.mark.parametrize("backend", FAST)
 def test_single_objective(backend: str) -> None:
     """K = 1: p = w = 1 and G_0 = g + c‖g‖ g/‖g‖, so a = 1 + c (RACO Algorithm 1, no rescaling)."""
@@ -411,6 +463,24 @@ def test_auto_never_picks_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in (2, 3, 5):
         gram, w = conflict_gram(k)
         conflict_opt.solve(gram, w, backend="auto", strict=True)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("batched", [False, True], ids=["host", "torch"])
+def test_auto_is_the_closed_form_up_to_three_objectives_then_iterative(
+    k: int, batched: bool
+) -> None:
+    """docs/solvers.md, "Backends": auto takes the closed form for K <= 3 (exact, no iterations)
+    and the iterative backend beyond; its answer is that backend's, field for field."""
+    gram, w = conflict_gram(k)
+    if batched:
+        gram, w = gram[None], w[None]
+    auto = conflict_opt.solve(gram, w, backend="auto")
+    chosen = conflict_opt.solve(gram, w, backend="closed_form" if k <= 3 else "iterative")
+    for name in SolveResult._fields:
+        assert torch.equal(getattr(auto, name), getattr(chosen, name)), name
+    if k <= 3:
+        assert int(auto.iterations.reshape(())) == 0
 
 
 def zero_gradient_vertex() -> tuple[torch.Tensor, list[float]]:

@@ -53,6 +53,7 @@ def _validate_gram(gram: torch.Tensor, validate: bool) -> None:
         return
     h = gram.detach().to(torch.float64).reshape(-1, gram.shape[-1], gram.shape[-1])
     finite = torch.isfinite(h).flatten(-2).all(-1)
+    index = finite.nonzero()[:, 0]  # each finite problem's place in the flattened batch
     h = h[finite]
     if h.shape[0] == 0:
         return
@@ -65,7 +66,7 @@ def _validate_gram(gram: torch.Tensor, validate: bool) -> None:
         raise ValueError(
             "`gram` must be symmetric: max |H - H^T| = "
             f"{float(asym[i]):.3g} against max |H| = {float(magnitude[i]):.3g} "
-            f"(problem {i} of the flattened batch)."
+            f"(problem {int(index[i])} of the flattened batch)."
         )
     trace = h.diagonal(dim1=-2, dim2=-1).sum(-1)
     lowest = torch.linalg.eigvalsh(0.5 * (h + h.transpose(-1, -2)))[:, 0]
@@ -75,7 +76,7 @@ def _validate_gram(gram: torch.Tensor, validate: bool) -> None:
         raise ValueError(
             "`gram` must be positive semidefinite (a Gram matrix): smallest eigenvalue "
             f"{float(lowest[i]):.3g} against trace {float(trace[i]):.3g} "
-            f"(problem {i} of the flattened batch)."
+            f"(problem {int(index[i])} of the flattened batch)."
         )
 
 
