@@ -121,6 +121,17 @@ def phi_scale(case: Case, method: str) -> float:
     return float(np.linalg.norm(case.weights @ case.grads)) * gmax
 
 
+def relative_phi(case: Case, p: np.ndarray, c: float, method: str) -> float:
+    """Φ(p) in the units of the reported gap: Φ / (‖g_0‖·max‖g_i‖) for the CAGrad methods, and
+    ‖G_p‖² / max‖g_i‖² for MGDA, whose certificate is on its own squared objective (0 when the
+    scale is 0)."""
+    scale = phi_scale(case, method)
+    if scale == 0:
+        return 0.0
+    value = phi(case, p, c, method) / scale
+    return value**2 if method == "mgda" else value
+
+
 def row(res: conflict_opt.SolveResult, i: int) -> conflict_opt.SolveResult:
     """Problem ``i`` of a batched :class:`SolveResult`, as an unbatched one."""
     return conflict_opt.SolveResult(*(field[i] for field in res))

@@ -31,8 +31,19 @@ _EDGES = (native.COMBINE_CHUNK, native.GRAM_CHUNK) if native is not None else ()
 LENGTHS = (0, 1, 7, 15, 16, 17, 63, 64, 65, *(n + d for n in _EDGES for d in (-1, 0, 1)), 20_000)
 
 
-def _pieces(k: int, lens: tuple[int, ...], dtype: torch.dtype, *, none_every: int = 0, seed=0):
-    """K rows per piece (None every ``none_every``-th), and the K×P float64 matrix."""
+def _pieces(
+    k: int,
+    lens: tuple[int, ...],
+    dtype: torch.dtype,
+    *,
+    none_every: int = 0,
+    seed=0,
+    integers: bool = False,
+):
+    """K rows per piece (None every ``none_every``-th), and the K×P float64 matrix. With
+    ``integers`` the values are integers in [-4, 4]: every product and every partial sum of the
+    kernels is then exact in float32 (and in bfloat16 storage), so any lost, repeated or
+    misplaced value shows up as an exact mismatch, however small against the rounding bounds."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for t, n in enumerate(lens):
@@ -40,6 +51,8 @@ def _pieces(k: int, lens: tuple[int, ...], dtype: torch.dtype, *, none_every: in
         for i in range(k):
             if none_every and (i + t) % none_every == 0:
                 piece.append(None)
+            elif integers:
+                piece.append(torch.randint(-4, 5, (n,), generator=gen).to(dtype))
             else:
                 piece.append((torch.randn(n, generator=gen) * (1 + t % 3)).to(dtype))
         rows.append(piece)
@@ -119,48 +132,20 @@ def test_gram_is_bitwise_the_same_for_any_thread_count() -> None:
 _MANY_CHUNKS = (600_000, 8191, 1, 8193, 0, 16_385, 2047, 2049)
 
 
-def _integer_pieces(k: int, dtype: torch.dtype, seed: int):
-    """Like _pieces, with integers in [-4, 4]: every product and every partial sum of the
-    kernels is exact in float32 (and in bfloat16 storage), so any lost, repeated or misplaced
-    value shows up as an exact mismatch, however small against the rounding bounds."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = [
-        [
-            None if (i + t) % 4 == 0 else torch.randint(-4, 5, (n,), generator=gen).to(dtype)
-            for i in range(k)
-        ]
-        for t, n in enumerate(_MANY_CHUNKS)
-    ]
-    j = torch.stack(
-        [
-            torch.cat(
-                [
-                    torch.zeros(n, dtype=torch.float64)
-                    if rows[t][i] is None
-                    else rows[t][i].double()
-                    for t, n in enumerate(_MANY_CHUNKS)
-                ]
-            )
-            for i in range(k)
-        ]
-    )
-    return rows, j
-
-
 @pytest.mark.parametrize("dtype", list(KIND))
 def test_kernels_are_exact_on_integers_over_blocks_of_several_chunks(dtype: torch.dtype) -> None:
     """Past 64 chunks a block walks several chunks, and chunk boundaries fall inside a piece
     within one block: there the Gram and the combination must still read every value once.
     On small integers both kernels are exact, so the results must equal the float64 ones."""
     assert sum(_MANY_CHUNKS) > 64 * native.GRAM_CHUNK
-    rows, j = _integer_pieces(5, dtype, seed=3)
+    rows, j = _pieces(5, _MANY_CHUNKS, dtype, none_every=4, seed=3, integers=True)
     want = (j @ j.T).flatten().tolist()
     for threads in (1, 2):
         assert native.gram(5, _ptrs(rows), list(_MANY_CHUNKS), KIND[dtype], threads) == want
     a = torch.tensor([3.0, -1.0, 0.5, 2.0, -2.0, 1.0, 0.25, -0.5, 4.0], dtype=torch.float64)
     out_dtypes = [dtype] if dtype == torch.float64 else [torch.float32, torch.bfloat16]
     for k in (5, 9):  # in registers, and through the chunk buffer
-        rows, j = _integer_pieces(k, dtype, seed=k)
+        rows, j = _pieces(k, _MANY_CHUNKS, dtype, none_every=4, seed=k, integers=True)
         want = a[:k] @ j
         for out_dtype, accumulate, stream in itertools.product(
             out_dtypes, (False, True), (False, True)
