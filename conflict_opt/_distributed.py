@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
     _DTENSOR = None
 
 __all__ = [
+    "CALLS",
     "SHARDED_BACKENDS",
     "Shards",
     "agree",
@@ -55,7 +56,6 @@ __all__ = [
     "gather",
     "initialised",
     "mean_of",
-    "nonfinite_ranks",
     "resolve_group",
     "scatter",
     "sharded",
@@ -100,14 +100,6 @@ def resolve_group(process_group: Any) -> Any | None:
     return group if dist.get_world_size(group) > 1 else None
 
 
-def nonfinite_ranks(finite: bool, group: Any, device: torch.device) -> int:
-    """How many ranks of ``group`` saw a non-finite loss, so that all of them raise together
-    (a rank that raised alone would leave the others waiting in the next collective)."""
-    flag = torch.tensor([0 if finite else 1], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, group=group)
-    return int(flag.item())
-
-
 def mean_of(value: torch.Tensor, group: Any) -> torch.Tensor:
     """The mean of a tensor across the ranks of ``group`` (a new tensor)."""
     out = value.clone()
@@ -115,25 +107,71 @@ def mean_of(value: torch.Tensor, group: Any) -> torch.Tensor:
     return out / dist.get_world_size(group)
 
 
-def agree(params: Sequence[torch.Tensor], k: int, group: Any, device: torch.device) -> None:
-    """Check that every rank has the same number of objectives, trainable parameters and values,
-    so that the collectives that follow match across ranks: a mismatch would otherwise hang, or
-    sum unrelated values. One collective of 6 values (MAX of x and of −x gives max and min)."""
-    mine = [k, len(params), sum(p.numel() for p in params)]
-    sig = torch.tensor([*mine, *(-v for v in mine)], dtype=torch.int64, device=device)
-    dist.all_reduce(sig, op=dist.ReduceOp.MAX, group=group)
-    values = sig.tolist()
-    high, low = values[:3], [-v for v in values[3:]]
+# What a rank is doing when it calls agree(): the collectives that follow depend on it.
+CALLS = ("backward", "step")
+
+
+def agree(
+    params: Sequence[torch.Tensor],
+    k: int,
+    group: Any,
+    device: torch.device,
+    *,
+    call: str,
+    micro_batch: int,
+    finite: bool = True,
+) -> list[int]:
+    """Check that every rank of ``group`` is at the same point of the same step, before the
+    collectives of that point, and return the ranks that saw a non-finite loss.
+
+    Collectives pair up by their order alone, so ranks that differ in any of these would sum
+    unrelated buffers or wait until the backend's timeout; each is compared:
+
+    * ``call``: ``"backward"`` or ``"step"`` (which also stands for ``aggregate``);
+    * ``micro_batch``: in ``backward``, which micro-batch of the step this is (from 1); in
+      ``step``, how many there were. A rank that called ``backward`` once more than the others
+      meets their ``step`` (or their next step's first ``backward``) here;
+    * the number of objectives, of trainable parameters and of trainable values.
+
+    One collective of 10 + W values (MAX of x and of −x gives max and min; one flag per rank
+    for a non-finite loss) and one host read.
+
+    Raises:
+        ValueError: the ranks disagree (every rank raises, naming the spread of each value).
+    """
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    mine = [CALLS.index(call), micro_batch, k, len(params), sum(p.numel() for p in params)]
+    sig = [*mine, *(-v for v in mine), *([0] * world)]
+    if not finite:
+        sig[2 * len(mine) + rank] = 1
+    reduced = torch.tensor(sig, dtype=torch.int64, device=device)
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=group)
+    values = reduced.tolist()
+    high = values[: len(mine)]
+    low = [-v for v in values[len(mine) : 2 * len(mine)]]
     if high != low:
-        names = ("losses", "trainable parameters", "trainable values")
+        names = ("call", "micro-batch", "losses", "trainable parameters", "trainable values")
         spread = ", ".join(
-            f"{n}: {lo}..{hi}" for n, lo, hi in zip(names, low, high, strict=True) if lo != hi
+            f"{n}: {_shown(n, lo)}..{_shown(n, hi)}"
+            for n, lo, hi in zip(names, low, high, strict=True)
+            if lo != hi
+        )
+        where = (
+            f"backward() of micro-batch {micro_batch}"
+            if call == "backward"
+            else f"step() after {micro_batch} micro-batch{'' if micro_batch == 1 else 'es'}"
         )
         raise ValueError(
             f"the ranks of the process group disagree on the step ({spread}; this rank: "
-            f"{mine[0]} losses, {mine[1]} trainable parameters, {mine[2]} values). Every rank "
-            "must pass the same number of losses and train the same parameters."
+            f"{where}, {k} losses, {mine[3]} trainable parameters, {mine[4]} values). Every "
+            "rank must call backward() as often per step as the others, pass the same number "
+            "of losses and train the same parameters."
         )
+    return [r for r, flag in enumerate(values[2 * len(mine) :]) if flag]
+
+
+def _shown(name: str, value: int) -> str:
+    return CALLS[value] if name == "call" else str(value)
 
 
 def _shard_kind(p: torch.Tensor) -> str | None:
@@ -228,7 +266,6 @@ def average(
     grads: list[list[torch.Tensor | None]],
     dtypes: Sequence[torch.dtype],
     group: Any,
-    agreed: bool = False,
 ) -> list[list[torch.Tensor | None]]:
     """Average K lists of T per-parameter gradients across the ranks of ``group``.
 
@@ -239,18 +276,15 @@ def average(
     returned as views of them, in the parameters' shapes. The entries of ``grads`` are cleared
     as they are packed, so that a rank holds each objective's gradients once, not twice.
 
-    Collectives: one of 6 values (:func:`agree`; skipped with ``agreed``, where an earlier
-    call of the same step checked the same parameters), one of K·T reach flags, then one sum
-    per objective and dtype. One host read of the flags.
+    Collectives: one of K·T reach flags, then one sum per objective and dtype. One host read
+    of the flags. The caller has checked with :func:`agree` that the ranks are at the same
+    point of the step, with the same K and parameters.
 
     Raises:
-        ValueError: parameters on several devices, a sparse gradient, or ranks that disagree
-            on the number of losses or parameters (every rank raises).
+        ValueError: parameters on several devices, or a sparse gradient.
     """
     k = len(grads)
     device = _one_device(params, grads)
-    if not agreed:
-        agree(params, k, group, device)
     flags = torch.tensor(
         [[g is not None for g in row] for row in grads], dtype=torch.int64, device=device
     )
@@ -309,12 +343,11 @@ def scatter(
     the sum. The entries of ``grads`` are cleared as they are packed. A slot no objective
     reaches on any rank is in no buffer.
 
-    Collectives: one of 6 values (:func:`agree`), one of T reach flags (one host read), one
-    reduce-scatter per objective and buffer.
+    Collectives: one of T reach flags (one host read), one reduce-scatter per objective and
+    buffer. The caller has checked with :func:`agree` that the ranks are at the same point of
+    the step, with the same K and parameters.
     """
-    k = len(grads)
     device = _one_device(params, grads)
-    agree(params, k, group, device)
     flags = torch.tensor(
         [any(row[t] is not None for row in grads) for t in range(len(params))],
         dtype=torch.int64,

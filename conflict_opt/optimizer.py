@@ -557,7 +557,11 @@ class MultiObjectiveOptimizer:
             parallelism"). Default: torch.distributed's default group when it is initialised
             with more than one rank, as ``DistributedDataParallel`` defaults to it; a group
             of one rank turns averaging off. Use it instead of ``DistributedDataParallel``,
-            whose reducer never sees the wrapper's per-objective passes.
+            whose reducer never sees the wrapper's per-objective passes. Every ``backward``
+            and every step starts with one small collective (10 + W integers, one host read,
+            whatever ``check_finite``) in which the ranks check that they are at the same
+            point of the same step with the same K and parameters: every rank must call
+            ``backward`` as often per step as the others.
 
     ``last_info`` holds the diagnostics of the last solve as a dict of device tensors.
 
@@ -629,6 +633,8 @@ class MultiObjectiveOptimizer:
         self._first: tuple[list[torch.Tensor], list[list[torch.Tensor | None]]] | None = None
         self._store: dict[torch.Tensor, list[torch.Tensor | None]] = {}
         self._k: int | None = None
+        self._micro_batches = 0  # backward calls gathered in this step
+        self._passed: list[torch.Tensor] = []  # the trainable parameters of the last backward
         # _native_solve's answer: (options, weights, their _version, answer).
         self._solve_args: tuple[tuple, Any, int | None, Any] | None = None
         self._pending = False  # backward ran since the last step
@@ -757,6 +763,8 @@ class MultiObjectiveOptimizer:
         self._first = None
         self._store.clear()
         self._k = None
+        self._micro_batches = 0
+        self._passed = []
         self._pending = False
         self._nonfinite = None
         self._aggregated = False
@@ -822,7 +830,12 @@ class MultiObjectiveOptimizer:
         seen: set[int] = set()  # a parameter listed twice (torch warns, and allows it)
         return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
-    def _losses(self, losses: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    def _losses(
+        self, losses: Sequence[torch.Tensor] | torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[float] | None]:
+        """The losses checked and made 0-dim, and their values where ``check_finite`` found a
+        NaN/Inf among them (``None`` otherwise); :meth:`_gather` raises for those, on every
+        rank of a process group."""
         if self._group_pending and _distributed.initialised():
             self._resolve_group(None)
         if isinstance(losses, torch.Tensor):
@@ -854,33 +867,18 @@ class MultiObjectiveOptimizer:
             raise ValueError(
                 f"got {k} losses, but the earlier micro-batches of this step had {self._k}."
             )
+        nonfinite = None
         if self.check_finite:
             if all(loss.is_cpu for loss in items):
                 # Read where they are: K scalar reads, no stacking kernel.
                 values = [loss.item() for loss in items]
-                finite = all(map(math.isfinite, values))
+                if not all(map(math.isfinite, values)):
+                    nonfinite = values
             else:  # one host read for all K
                 stacked = torch.stack([loss.detach().reshape(()).float() for loss in items])
-                finite = bool(torch.isfinite(stacked).all())
-                values = stacked.tolist() if not finite else []
-            if self._group is not None:
-                # Every rank raises if any does: one alone would leave the others waiting.
-                bad = _distributed.nonfinite_ranks(finite, self._group, items[0].device)
-                if bad:
-                    if not values:
-                        values = [float(loss.detach()) for loss in items]
-                    raise FloatingPointError(
-                        f"non-finite loss on {bad} of {self.world_size} ranks (this rank's "
-                        f"losses={values}); nothing was computed or written on any rank."
-                    )
-            elif not finite:
-                raise FloatingPointError(
-                    f"non-finite loss: losses={values}; nothing was computed or written."
-                )
-        items = [loss if loss.ndim == 0 else loss.reshape(()) for loss in items]
-        if self.scaler is not None:
-            items = [self.scaler.scale(loss) for loss in items]
-        return items
+                if not bool(torch.isfinite(stacked).all()):
+                    nonfinite = stacked.tolist()
+        return [loss if loss.ndim == 0 else loss.reshape(()) for loss in items], nonfinite
 
     def _weights_for(self, k: int, device: torch.device) -> torch.Tensor:
         if self.weights is None:
@@ -911,8 +909,12 @@ class MultiObjectiveOptimizer:
 
         Raises:
             ValueError: a non-scalar loss, a loss without grad, or a number of losses that
-                does not match the weights or the earlier micro-batches of this step.
-            FloatingPointError: a NaN/Inf loss (with ``check_finite``); nothing is written.
+                does not match the weights or the earlier micro-batches of this step. With a
+                process group, on every rank: ranks that disagree on K, on the parameters or
+                on where they are in the step (one rank's extra micro-batch); nothing is
+                computed.
+            FloatingPointError: a NaN/Inf loss (with ``check_finite``; with a process group,
+                on any rank, raised on every rank); nothing is written.
             RuntimeError: :meth:`aggregate` already wrote ``.grad`` for this step.
         """
         if self._aggregated:
@@ -922,7 +924,7 @@ class MultiObjectiveOptimizer:
             )
         if not isinstance(retain_graph, bool):
             raise ValueError(f"`retain_graph` must be a bool, got retain_graph={retain_graph!r}.")
-        self._gather(self._losses(losses), retain_graph)
+        self._gather(*self._losses(losses), retain_graph)
 
     def aggregate(self) -> None:
         """Solve and write Σ_k a_k g_k into ``.grad`` now, without the inner step, so that
@@ -944,13 +946,46 @@ class MultiObjectiveOptimizer:
         nonfinite = self._write()
         self._aggregated, self._aggregated_nonfinite = True, nonfinite
 
-    def _gather(self, items: list[torch.Tensor], retain_graph: bool = False) -> None:
+    def _gather(
+        self,
+        items: list[torch.Tensor],
+        nonfinite: list[float] | None,
+        retain_graph: bool = False,
+    ) -> None:
+        """One micro-batch: check (across the ranks of a process group too), then gather."""
         k = len(items)
         params = self._trainable()
         if not params:
             raise ValueError(
                 "the wrapped optimizer has no parameter with requires_grad=True; nothing to train."
             )
+        if self._group is not None:
+            _distributed.check_whole(params)
+            # Before any pass: the ranks agree on where they are in the step, on K and on the
+            # parameters, and all raise together for a non-finite loss on any of them (one
+            # raising alone would leave the others waiting in the next collective).
+            bad = _distributed.agree(
+                params,
+                k,
+                self._group,
+                params[0].device,
+                call="backward",
+                micro_batch=self._micro_batches + 1,
+                finite=nonfinite is None,
+            )
+            if bad:
+                values = nonfinite or [float(loss.detach()) for loss in items]
+                shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+                raise FloatingPointError(
+                    f"non-finite loss on {len(bad)} of {self.world_size} ranks (ranks {shown}; "
+                    f"this rank's losses={values}); nothing was computed or written on any rank."
+                )
+        elif nonfinite is not None:
+            raise FloatingPointError(
+                f"non-finite loss: losses={nonfinite}; nothing was computed or written."
+            )
+        if self.scaler is not None:
+            items = [self.scaler.scale(loss) for loss in items]
         previous, self._k = self._k, k
         try:
             self._gather_passes(items, params, retain_graph)
@@ -959,13 +994,13 @@ class MultiObjectiveOptimizer:
             # the earlier micro-batches' K, not against this one's.
             self._k = previous
             raise
+        self._micro_batches += 1
+        self._passed = params
         self._pending = True
 
     def _gather_passes(
         self, items: list[torch.Tensor], params: list[torch.Tensor], retain_graph: bool
     ) -> None:
-        if self._group is not None:
-            _distributed.check_whole(params)
         if self.mode == "gram_first":
             self._gram_first(items, params, retain_graph)
         else:
@@ -1112,11 +1147,10 @@ class MultiObjectiveOptimizer:
         self,
         params: list[torch.Tensor],
         grads: list[list[torch.Tensor | None]],
-        agreed: bool = False,
     ) -> list[list[torch.Tensor | None]]:
         """The per-objective gradients averaged across the process group
         (:func:`conflict_opt._distributed.average`); the entries of ``grads`` are dropped."""
-        return _distributed.average(params, grads, self._slot_dtypes(params), self._group, agreed)
+        return _distributed.average(params, grads, self._slot_dtypes(params), self._group)
 
     def _slot_dtypes(self, params: list[torch.Tensor]) -> list[torch.dtype]:
         """The dtype of each parameter's gathered gradients: the store's in store mode where
@@ -1152,15 +1186,11 @@ class MultiObjectiveOptimizer:
                     f"parameter {t} (shape {tuple(p.shape)}) has dtype {p.dtype}: the "
                     f"gradients must be one of {FLOAT_DTYPES}."
                 )
-        if self._group is not None:
-            # Once for the K(K+1)/2 + 1 passes, each averaged across the ranks: they must agree
-            # on K (the number of passes) and on the parameters.
-            _distributed.agree(params, k, self._group, params[0].device)
 
         def sq_norm(loss: torch.Tensor) -> torch.Tensor:
             g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             if self._group is not None:
-                g = self._average(params, [list(g)], agreed=True)[0]
+                g = self._average(params, [list(g)])[0]
             # A sparse gradient (nn.Embedding(sparse=True)) has its norm in its coalesced
             # values (coalescing sums repeated indices first).
             present = [
@@ -1190,7 +1220,7 @@ class MultiObjectiveOptimizer:
             # Averaged before it reaches .grad (a backward() would also fire the hooks of a
             # DistributedDataParallel module, which would average .grad a second time).
             g = torch.autograd.grad(total, params, retain_graph=retain_graph, allow_unused=True)
-            averaged = self._average(params, [list(g)], agreed=True)[0]
+            averaged = self._average(params, [list(g)])[0]
             for p, x in zip(params, averaged, strict=True):
                 if x is None:
                     continue
@@ -1276,7 +1306,9 @@ class MultiObjectiveOptimizer:
                 when a closure is given.
             ValueError: both ``losses`` and ``closure``, a closure with a ``scaler`` (as
                 ``GradScaler`` refuses closures), or no closure for an inner optimizer whose
-                ``step`` requires one; nothing is written in any of these cases.
+                ``step`` requires one; with a process group, on every rank, ranks whose step
+                came after different numbers of micro-batches (or that disagree on K or the
+                parameters). Nothing is written to the parameters in any of these cases.
         """
         if callable(losses) and not isinstance(losses, torch.Tensor):
             if closure is not None:
@@ -1318,8 +1350,13 @@ class MultiObjectiveOptimizer:
 
     def _write(self) -> torch.Tensor | bool | None:
         """Solve the stored step (store mode, per step), write ``.grad``, drop the store;
-        returns whether any Gram of the step was non-finite."""
-        if self.mode == "store" and self.accumulation == "per_step":
+        returns whether any Gram of the step was non-finite.
+
+        Across the ranks of a process group, first check that all are at this step after as
+        many micro-batches (in every mode: where ``backward`` wrote ``.grad``, a rank whose
+        step came early would otherwise take it alone)."""
+        store = self.mode == "store" and self.accumulation == "per_step"
+        if store:
             # The parameters are those the backward passes took: one frozen since then still
             # takes part, as its .grad would in plain torch (and in the other modes, which
             # write .grad at backward).
@@ -1328,6 +1365,18 @@ class MultiObjectiveOptimizer:
             else:
                 params = list(self._store)
                 grads = [[self._store[p][i] for p in params] for i in range(self._k or 0)]
+        else:
+            params = self._passed
+        if self._group is not None:
+            _distributed.agree(
+                params,
+                self._k or 0,
+                self._group,
+                params[0].device,
+                call="step",
+                micro_batch=self._micro_batches,
+            )
+        if store:
             if self._group is not None:
                 # The lists above become the only holders of the local gradients, which the
                 # averaging drops as it packs them.
@@ -1360,8 +1409,9 @@ class MultiObjectiveOptimizer:
             self.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 losses = closure()
+            items, nonfinite = self._losses(losses)
             try:
-                items = self._losses(losses)
+                self._gather(items, nonfinite)
             except FloatingPointError as err:
                 if not again:
                     raise
@@ -1369,7 +1419,6 @@ class MultiObjectiveOptimizer:
                     f"{err} This was a re-evaluation inside "
                     f"{type(self.optimizer).__name__}.step: the parameters hold its trial point."
                 ) from None
-            self._gather(items)
             nonfinite = self._write()
             device = items[0].device
             w = self._weights_for(len(items), device)

@@ -164,6 +164,30 @@ def k_mismatch(rank: int, mode: str) -> dict[str, Any]:
     return {"error": None}
 
 
+def uneven(rank: int, **options: Any) -> dict[str, Any]:
+    """Rank 0 calls backward twice in the first step, rank 1 once: every rank must raise, no
+    parameter may move on any (in the modes that write .grad at backward too, where rank 1's
+    step has nothing else to wait for), and both go on training together after zero_grad."""
+    net = Net()
+    opt = conflict_opt.MultiObjectiveOptimizer(
+        torch.optim.SGD(net.parameters(), lr=0.1), WEIGHTS, **options
+    )
+    before = params_of(net)
+    error = None
+    try:
+        opt.zero_grad()
+        for micro in range(2 if rank == 0 else 1):
+            opt.backward(shard_losses(net, net, 0, rank, micro))
+        opt.step()
+    except ValueError as err:
+        error = str(err)
+    untouched = all(torch.equal(before[n], p) for n, p in params_of(net).items())
+    for step in range(1, STEPS):
+        opt.zero_grad()
+        opt.step(shard_losses(net, net, step, rank))
+    return {"error": error, "untouched": untouched, "params": params_of(net)}
+
+
 def dtensor(rank: int) -> dict[str, Any]:
     """A parameter sharded across the ranks (a DTensor, as FSDP2 makes): every rank must raise
     before any collective, naming it."""
@@ -241,6 +265,10 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "fsdp1_orig_params": functools.partial(fsdp1, use_orig_params=True),
     "k_mismatch": functools.partial(k_mismatch, mode="store"),
     "k_mismatch_gram_first": functools.partial(k_mismatch, mode="gram_first"),
+    "uneven": functools.partial(uneven),
+    "uneven_unchecked": functools.partial(uneven, check_finite=False),
+    "uneven_per_micro_batch": functools.partial(uneven, accumulation="per_micro_batch"),
+    "uneven_gram_first": functools.partial(uneven, mode="gram_first"),
     "closure": closure,
     "local_group": local_group,
 }

@@ -215,7 +215,8 @@ def test_a_nan_loss_on_one_rank_raises_on_every_rank_with_nothing_written(
 ) -> None:
     results = scenario(ranks, scheme, "nan")
     for result in results:
-        assert result["error"] is not None and "non-finite loss on 1 of 2 ranks" in result["error"]
+        assert result["error"] is not None
+        assert "non-finite loss on 1 of 2 ranks (ranks 1; " in result["error"], result["error"]
         assert result["untouched"]
     assert "nan" in results[1]["error"]  # rank 1 names its own losses
     assert_replicas_equal(results)  # and both went on training together
@@ -238,6 +239,27 @@ def test_ranks_that_disagree_on_the_number_of_losses_all_raise(
 ) -> None:
     for result in scenario(ranks, scheme, name):
         assert result["error"] is not None and "losses: 2..3" in result["error"], result["error"]
+
+
+@pytest.mark.parametrize(
+    "name", ["uneven", "uneven_unchecked", "uneven_per_micro_batch", "uneven_gram_first"]
+)
+def test_a_rank_with_one_more_micro_batch_raises_on_every_rank_before_any_step(
+    ranks: list[dict[str, Any]], scheme: str, name: str
+) -> None:
+    """Collectives pair up by their order alone: without the check, rank 0's second backward
+    met rank 1's step (or its next step's first backward), and the ranks summed unrelated
+    buffers or hung (measured before the check: rank 1 trained on through both steps in the
+    per-micro-batch and Gram-first modes; store mode hung with check_finite and went on
+    silently without it)."""
+    results = scenario(ranks, scheme, name)
+    for rank, result in enumerate(results):
+        assert result["error"] is not None, result
+        assert "(call: backward..step, micro-batch: 1..2; this rank: " in result["error"]
+        where = "backward() of micro-batch 2" if rank == 0 else "step() after 1 micro-batch,"
+        assert where in result["error"], result["error"]
+        assert result["untouched"]
+    assert_replicas_equal(results)
 
 
 def test_sharded_parameters_are_refused_on_every_rank(
