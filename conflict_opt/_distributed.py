@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -120,6 +121,7 @@ def agree(
     call: str,
     micro_batch: int,
     finite: bool = True,
+    settings: Sequence[tuple[str, Any]] = (),
 ) -> list[int]:
     """Check that every rank of ``group`` is at the same point of the same step, before the
     collectives of that point, and return the ranks that saw a non-finite loss.
@@ -131,43 +133,59 @@ def agree(
     * ``micro_batch``: in ``backward``, which micro-batch of the step this is (from 1); in
       ``step``, how many there were. A rank that called ``backward`` once more than the others
       meets their ``step`` (or their next step's first ``backward``) here;
-    * the number of objectives, of trainable parameters and of trainable values.
+    * the number of objectives, of trainable parameters and of trainable values;
+    * ``settings``: (name, value) pairs that must be equal on every rank, compared by a CRC-32
+      of their ``repr`` (exact for floats and lists of floats): the wrapper's options and
+      weights, which would otherwise make the ranks solve different problems, and their
+      replicas drift apart without an error.
 
-    One collective of 10 + W values (MAX of x and of −x gives max and min; one flag per rank
-    for a non-finite loss) and one host read.
+    One collective of 2·(5 + S) + W values (MAX of x and of −x gives max and min; one flag per
+    rank for a non-finite loss) and one host read.
 
     Raises:
-        ValueError: the ranks disagree (every rank raises, naming the spread of each value).
+        ValueError: the ranks disagree (every rank raises, naming the spread of each count and
+            the settings that differ, with this rank's values).
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     mine = [CALLS.index(call), micro_batch, k, len(params), sum(p.numel() for p in params)]
+    mine += [zlib.crc32(repr(value).encode()) for _, value in settings]
+    n = len(mine)
     sig = [*mine, *(-v for v in mine), *([0] * world)]
     if not finite:
-        sig[2 * len(mine) + rank] = 1
+        sig[2 * n + rank] = 1
     reduced = torch.tensor(sig, dtype=torch.int64, device=device)
     dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=group)
     values = reduced.tolist()
-    high = values[: len(mine)]
-    low = [-v for v in values[len(mine) : 2 * len(mine)]]
+    high, low = values[:n], [-v for v in values[n : 2 * n]]
     if high != low:
         names = ("call", "micro-batch", "losses", "trainable parameters", "trainable values")
-        spread = ", ".join(
-            f"{n}: {_shown(n, lo)}..{_shown(n, hi)}"
-            for n, lo, hi in zip(names, low, high, strict=True)
-            if lo != hi
-        )
+        parts = [
+            ", ".join(
+                f"{name}: {_shown(name, lo)}..{_shown(name, hi)}"
+                for name, lo, hi in zip(names, low, high, strict=False)
+                if lo != hi
+            ),
+            ", ".join(
+                f"{name}={value!r}"
+                for (name, value), lo, hi in zip(settings, low[5:], high[5:], strict=True)
+                if lo != hi
+            ),
+        ]
+        if parts[1]:
+            parts[1] = f"options that differ, this rank's: {parts[1]}"
         where = (
             f"backward() of micro-batch {micro_batch}"
             if call == "backward"
             else f"step() after {micro_batch} micro-batch{'' if micro_batch == 1 else 'es'}"
         )
+        spread = "; ".join(filter(None, parts))
         raise ValueError(
             f"the ranks of the process group disagree on the step ({spread}; this rank: "
             f"{where}, {k} losses, {mine[3]} trainable parameters, {mine[4]} values). Every "
             "rank must call backward() as often per step as the others, pass the same number "
-            "of losses and train the same parameters."
+            "of losses, train the same parameters and use the same options and weights."
         )
-    return [r for r, flag in enumerate(values[2 * len(mine) :]) if flag]
+    return [r for r, flag in enumerate(values[2 * n :]) if flag]
 
 
 def _shown(name: str, value: int) -> str:

@@ -558,10 +558,10 @@ class MultiObjectiveOptimizer:
             with more than one rank, as ``DistributedDataParallel`` defaults to it; a group
             of one rank turns averaging off. Use it instead of ``DistributedDataParallel``,
             whose reducer never sees the wrapper's per-objective passes. Every ``backward``
-            and every step starts with one small collective (10 + W integers, one host read,
+            and every step starts with one small collective (28 + W integers, one host read,
             whatever ``check_finite``) in which the ranks check that they are at the same
-            point of the same step with the same K and parameters: every rank must call
-            ``backward`` as often per step as the others.
+            point of the same step with the same K, parameters, options and weights: every
+            rank must call ``backward`` as often per step as the others.
 
     ``last_info`` holds the diagnostics of the last solve as a dict of device tensors.
 
@@ -880,6 +880,14 @@ class MultiObjectiveOptimizer:
                     nonfinite = stacked.tolist()
         return [loss if loss.ndim == 0 else loss.reshape(()) for loss in items], nonfinite
 
+    def _settings(self, k: int) -> list[tuple[str, Any]]:
+        """What every rank of a process group must share (:func:`_distributed.agree`): the
+        options and the weights the solve uses (uniform ones as values, so that None and
+        explicit uniform weights agree)."""
+        w = self._weights
+        weights = [1.0 / k] * k if w is None else w.tolist()
+        return [(name, getattr(self, name)) for name in _OPTIONS] + [("weights", weights)]
+
     def _weights_for(self, k: int, device: torch.device) -> torch.Tensor:
         if self.weights is None:
             return torch.full((k,), 1.0 / k, dtype=torch.float64, device=device)
@@ -910,9 +918,9 @@ class MultiObjectiveOptimizer:
         Raises:
             ValueError: a non-scalar loss, a loss without grad, or a number of losses that
                 does not match the weights or the earlier micro-batches of this step. With a
-                process group, on every rank: ranks that disagree on K, on the parameters or
-                on where they are in the step (one rank's extra micro-batch); nothing is
-                computed.
+                process group, on every rank: ranks that disagree on K, the parameters, the
+                options or weights, or on where they are in the step (one rank's extra
+                micro-batch); nothing is computed.
             FloatingPointError: a NaN/Inf loss (with ``check_finite``; with a process group,
                 on any rank, raised on every rank); nothing is written.
             RuntimeError: :meth:`aggregate` already wrote ``.grad`` for this step.
@@ -972,6 +980,7 @@ class MultiObjectiveOptimizer:
                 call="backward",
                 micro_batch=self._micro_batches + 1,
                 finite=nonfinite is None,
+                settings=self._settings(k),
             )
             if bad:
                 values = nonfinite or [float(loss.detach()) for loss in items]
@@ -1375,6 +1384,7 @@ class MultiObjectiveOptimizer:
                 params[0].device,
                 call="step",
                 micro_batch=self._micro_batches,
+                settings=self._settings(self._k or 0),
             )
         if store:
             if self._group is not None:

@@ -188,6 +188,24 @@ def uneven(rank: int, **options: Any) -> dict[str, Any]:
     return {"error": error, "untouched": untouched, "params": params_of(net)}
 
 
+def options_differ(rank: int, weights_0: Any = WEIGHTS, **on_rank_1: Any) -> dict[str, Any]:
+    """Rank 1 builds its wrapper with other options: every rank must raise before any pass,
+    naming them (different weights or c would otherwise solve different problems, and the
+    replicas drift apart without an error; a different mode pairs unrelated collectives)."""
+    net = Net()
+    options: dict[str, Any] = {"weights": weights_0, **(on_rank_1 if rank == 1 else {})}
+    opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), **options)
+    before = params_of(net)
+    try:
+        opt.step(shard_losses(net, net, 0, rank))
+    except ValueError as err:
+        error = str(err)
+    else:
+        error = None
+    untouched = all(torch.equal(before[n], p) for n, p in params_of(net).items())
+    return {"error": error, "untouched": untouched, "params": params_of(net)}
+
+
 def dtensor(rank: int) -> dict[str, Any]:
     """A parameter sharded across the ranks (a DTensor, as FSDP2 makes): every rank must raise
     before any collective, naming it."""
@@ -269,6 +287,10 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "uneven_unchecked": functools.partial(uneven, check_finite=False),
     "uneven_per_micro_batch": functools.partial(uneven, accumulation="per_micro_batch"),
     "uneven_gram_first": functools.partial(uneven, mode="gram_first"),
+    "weights_differ": functools.partial(options_differ, weights=WEIGHTS[::-1], c=0.2),
+    "weights_none": functools.partial(options_differ, weights=None),
+    "uniform_weights": functools.partial(options_differ, weights_0=[1 / K] * K, weights=None),
+    "mode_differs": functools.partial(options_differ, mode="gram_first"),
     "closure": closure,
     "local_group": local_group,
 }

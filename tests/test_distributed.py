@@ -262,6 +262,45 @@ def test_a_rank_with_one_more_micro_batch_raises_on_every_rank_before_any_step(
     assert_replicas_equal(results)
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("weights_differ", ["c=0.4, weights=[0.5, 0.3, 0.2]", "c=0.2, weights=[0.2, 0.3, 0.5]"]),
+        ("mode_differs", ["mode='store', accumulation='per_step'"] * 2),
+    ],
+)
+def test_ranks_with_other_options_or_weights_all_raise_before_any_pass(
+    ranks: list[dict[str, Any]], scheme: str, name: str, shown: list[str]
+) -> None:
+    results = scenario(ranks, scheme, name)
+    for result in results:
+        assert result["error"] is not None, name
+        assert "options that differ, this rank's: " in result["error"], result["error"]
+        assert "losses:" not in result["error"] and "call:" not in result["error"]
+        assert result["untouched"]
+    assert shown[0] in results[0]["error"], results[0]["error"]
+    if name == "weights_differ":
+        assert shown[1] in results[1]["error"], results[1]["error"]
+    else:
+        assert "mode='gram_first', accumulation='per_micro_batch'" in results[1]["error"]
+
+
+def test_uniform_weights_given_as_none_or_as_values_agree(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """None means 1/K each: a rank with None and one with explicit 1/3s solve the same problem
+    and train together, while 0.5/0.3/0.2 against None is refused, showing the 1/3s."""
+    results = scenario(ranks, scheme, "uniform_weights")
+    assert [result["error"] for result in results] == [None, None]
+    assert not results[0]["untouched"]
+    assert_replicas_equal(results)
+    results = scenario(ranks, scheme, "weights_none")
+    for result in results:
+        assert result["error"] is not None and "weights=" in result["error"], result
+    thirds = "weights=[0.3333333333333333, 0.3333333333333333, 0.3333333333333333]"
+    assert thirds in results[1]["error"], results[1]["error"]
+
+
 def test_sharded_parameters_are_refused_on_every_rank(
     ranks: list[dict[str, Any]], scheme: str
 ) -> None:
