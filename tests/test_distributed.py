@@ -370,3 +370,89 @@ def test_process_group_must_be_a_process_group(bad: Any) -> None:
         conflict_opt.MultiObjectiveOptimizer(
             torch.optim.SGD(Net().parameters(), lr=0.1), process_group=bad
         )
+
+
+def _agree_across(
+    monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]]
+) -> list[list[int] | str]:
+    """:func:`_distributed.agree` as each of W simulated ranks would see it: the collective is
+    replaced by the elementwise maximum over every rank's signature (what MAX all-reduce
+    computes), so the encoding of W ranks is checked in one process. Returns each rank's list of
+    non-finite ranks, or its error message."""
+    from conflict_opt import _distributed
+
+    world = len(calls)
+    sigs: list[torch.Tensor] = []
+    rank_now = [0]
+    monkeypatch.setattr(_distributed.dist, "get_world_size", lambda group: world)
+    monkeypatch.setattr(_distributed.dist, "get_rank", lambda group: rank_now[0])
+
+    def record(tensor: torch.Tensor, op: Any, group: Any) -> None:
+        sigs.append(tensor.clone())
+
+    def reduce(tensor: torch.Tensor, op: Any, group: Any) -> None:
+        tensor.copy_(torch.stack(sigs).amax(0))
+
+    params = [torch.zeros(3), torch.zeros(2, 2)]
+    for collective in (record, reduce):
+        monkeypatch.setattr(_distributed.dist, "all_reduce", collective)
+        outcomes: list[list[int] | str] = []
+        for rank, call in enumerate(calls):
+            rank_now[0] = rank
+            options = {"params": params, "k": 3, "call": "backward", "micro_batch": 1, **call}
+            try:
+                outcomes.append(
+                    _distributed.agree(
+                        options.pop("params"),
+                        options.pop("k"),
+                        None,
+                        torch.device("cpu"),
+                        **options,
+                    )
+                )
+            except ValueError as err:
+                outcomes.append(str(err))
+    return outcomes
+
+
+def test_agree_reports_exactly_the_ranks_with_a_nonfinite_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = [{}, {"finite": False}, {}, {"finite": False}]
+    assert _agree_across(monkeypatch, calls) == [[1, 3]] * 4
+    assert _agree_across(monkeypatch, [{}] * 3) == [[]] * 3
+
+
+@pytest.mark.parametrize(
+    ("changed", "shown"),
+    [
+        ({"call": "step"}, "call: backward..step"),
+        ({"micro_batch": 3}, "micro-batch: 1..3"),
+        ({"k": 2}, "losses: 2..3"),
+        ({"params": [torch.zeros(3)]}, "trainable parameters: 1..2, trainable values: 3..7"),
+        ({"params": [torch.zeros(7), torch.zeros(0)]}, None),  # same counts, same values
+    ],
+)
+def test_agree_names_the_spread_of_what_differs_on_every_rank(
+    monkeypatch: pytest.MonkeyPatch, changed: dict[str, Any], shown: str | None
+) -> None:
+    outcomes = _agree_across(monkeypatch, [{}, {}, changed])
+    if shown is None:
+        assert outcomes == [[]] * 3
+        return
+    for outcome in outcomes:
+        assert isinstance(outcome, str) and f"({shown}; this rank: " in outcome, outcome
+        assert "options that differ" not in outcome
+
+
+def test_agree_compares_settings_exactly_and_shows_each_rank_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = [("c", 0.4), ("weights", [0.5, 0.3, 0.2])]
+    nudged = [("c", 0.4), ("weights", [0.5, 0.3, 0.2 + 2**-55])]  # one bit of the last weight
+    outcomes = _agree_across(monkeypatch, [{"settings": base}, {"settings": nudged}])
+    assert all(isinstance(o, str) for o in outcomes)
+    assert "options that differ, this rank's: weights=[0.5, 0.3, 0.2]; " in outcomes[0]
+    assert f"this rank's: weights={nudged[1][1]!r}; " in outcomes[1]
+    assert "c=" not in outcomes[0]
+    assert _agree_across(monkeypatch, [{"settings": base}] * 2) == [[]] * 2
