@@ -550,7 +550,8 @@ class MultiObjectiveOptimizer:
         check_finite: raise on a NaN/Inf loss before any gradient is computed (one host read
             of the K losses per ``backward``), and skip a step whose Gram is non-finite
             without a scaler (one read of the K×K Gram per solve). False: no host reads at
-            all; non-finite values then propagate.
+            all in one process (across ranks the handshake below still reads its result);
+            non-finite values then propagate.
         process_group: data parallelism. Each rank's per-objective gradients are averaged
             across this ``torch.distributed`` process group before the Gram, so that every
             rank solves the same problem and takes the same step (docs/optimizer.md, "Data
