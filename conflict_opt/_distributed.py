@@ -109,7 +109,7 @@ def mean_of(value: torch.Tensor, group: Any) -> torch.Tensor:
 
 
 # What a rank is doing when it calls agree(): the collectives that follow depend on it.
-CALLS = ("backward", "step")
+CALLS = ("backward", "step", "aggregate_")
 
 
 def agree(
@@ -129,7 +129,8 @@ def agree(
     Collectives pair up by their order alone, so ranks that differ in any of these would sum
     unrelated buffers or wait until the backend's timeout; each is compared:
 
-    * ``call``: ``"backward"`` or ``"step"`` (which also stands for ``aggregate``);
+    * ``call``: ``"backward"``, ``"step"`` (which also stands for the wrapper's ``aggregate``)
+      or ``"aggregate_"`` (the function);
     * ``micro_batch``: in ``backward``, which micro-batch of the step this is (from 1); in
       ``step``, how many there were. A rank that called ``backward`` once more than the others
       meets their ``step`` (or their next step's first ``backward``) here;
@@ -173,11 +174,11 @@ def agree(
         ]
         if parts[1]:
             parts[1] = f"options that differ, this rank's: {parts[1]}"
-        where = (
-            f"backward() of micro-batch {micro_batch}"
-            if call == "backward"
-            else f"step() after {micro_batch} micro-batch{'' if micro_batch == 1 else 'es'}"
-        )
+        where = {
+            "backward": f"backward() of micro-batch {micro_batch}",
+            "step": f"step() after {micro_batch} micro-batch{'' if micro_batch == 1 else 'es'}",
+            "aggregate_": "aggregate_()",
+        }[call]
         spread = "; ".join(filter(None, parts))
         raise ValueError(
             f"the ranks of the process group disagree on the step ({spread}; this rank: "

@@ -103,6 +103,7 @@ def aggregate_(
     backend: Backend = "auto",
     primitive_backend: PrimitiveBackend = "auto",
     accumulate: bool = False,
+    process_group: Any = None,
 ) -> Aggregation:
     r"""Write the conflict-averse combination of K gradients into ``params[t].grad``.
 
@@ -122,11 +123,15 @@ def aggregate_(
         primitive_backend: backend of :func:`conflict_opt.gram` and
             :func:`conflict_opt.combine_`.
         accumulate: add to the existing ``.grad`` instead of overwriting it.
-
-    Under data parallelism, pass gradients already averaged across the ranks (each objective's
-    separately): this function communicates nothing, and the Gram of each rank's own
-    gradients would give each rank a different direction. :class:`MultiObjectiveOptimizer`
-    averages them itself.
+        process_group: a ``torch.distributed`` process group whose ranks each pass their own
+            (local) gradients: each objective's gradient is averaged across it before the
+            Gram, in each parameter's dtype, as :class:`MultiObjectiveOptimizer` does (same
+            schemes, same handshake: every rank must call with the same K, parameters,
+            options and weights, or all raise). None (the default): no communication, even
+            with torch.distributed initialised, so gradients averaged by the caller are not
+            averaged twice. The Gram of each rank's own gradients would give each rank a
+            different direction: under data parallelism pass either averaged gradients or
+            the group.
 
     Returns:
         :class:`Aggregation` with the :class:`SolveResult` and the ``[K, K]`` float64 Gram.
@@ -134,6 +139,9 @@ def aggregate_(
     Raises:
         ValueError: mismatched counts or shapes, a parameter passed twice, weights off the
             simplex or of the wrong length, or a bad option (the message names the value).
+            With ``process_group``: no parameter, a sharded parameter (FSDP, DTensor), a
+            sparse gradient, parameters on several devices, or ranks that disagree (raised
+            on every rank, before any gradient is averaged).
 
     Example:
         >>> import torch, conflict_opt
@@ -152,6 +160,39 @@ def aggregate_(
             f"got {len(grads)} objectives' gradients for {w.numel()} weights "
             f"(weights={w.tolist()})."
         )
+    group = None if process_group is None else _distributed.resolve_group(process_group)
+    if group is not None:
+        _validate_options(method, backend, c, False)  # local errors before any collective
+        if not params:
+            raise ValueError("`params` must hold at least one parameter with a process group.")
+        _distributed.check_whole(params)
+        k, device = len(grads), params[0].device
+        settings = [
+            ("method", method),
+            ("c", float(c)),
+            ("backend", backend),
+            ("primitive_backend", primitive_backend),
+            ("accumulate", accumulate),
+            ("weights", [1.0 / k] * k if w is None else w.tolist()),
+        ]
+        _distributed.agree(
+            params, k, group, device, call="aggregate_", micro_batch=0, settings=settings
+        )
+        dtypes = [p.dtype for p in params]
+        if _distributed.sharded(group):
+            return _sharded_aggregate(
+                params,
+                grads,
+                dtypes,
+                group,
+                w if w is None or device.type == "cpu" else w.to(device),
+                method=method,
+                c=c,
+                backend=backend,
+                primitive_backend=primitive_backend,
+                accumulate=accumulate,
+            )
+        grads = _distributed.average(params, grads, dtypes, group)
     agg = _aggregate(
         params,
         as_grads(grads),
@@ -262,6 +303,43 @@ def _aggregate(
     for p, t in fresh:
         p.grad = t
     return agg
+
+
+def _sharded_aggregate(
+    params: list[torch.Tensor],
+    grads: list[list[torch.Tensor | None]],
+    dtypes: Sequence[torch.dtype],
+    group: Any,
+    weights: torch.Tensor | None,
+    *,
+    method: Method,
+    c: float,
+    backend: Backend,
+    primitive_backend: PrimitiveBackend,
+    accumulate: bool,
+    unscale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Aggregation:
+    """One step across ``group`` in the sharded scheme (:mod:`conflict_opt._distributed`):
+    this rank's shard of the averaged gradients, its part of the Gram completed by a K×K
+    all-reduce, the same solve on every rank, this rank's part of Σ a_k g_k, gathered into
+    ``.grad``. The entries of ``grads`` are dropped as they are packed."""
+    k = len(grads)
+    shards = _distributed.scatter(params, grads, dtypes, group)
+    device = params[0].device
+    local = [[part.grads[i] for part in shards] for i in range(k)]
+    if shards:
+        h = gram(local, backend=primitive_backend, accumulate_dtype=torch.float64)
+    else:  # no objective reaches any parameter on any rank
+        h = torch.zeros(k, k, dtype=torch.float64, device=device)
+    _distributed.dist.all_reduce(h, group=group)
+    if unscale is not None:
+        h = unscale(h)
+    result = solve(h, weights, method=method, c=c, backend=backend, validate=False)
+    combined = [torch.empty(part.size, dtype=part.out_dtype, device=device) for part in shards]
+    if shards:
+        combine_(combined, local, result.coeffs, backend=primitive_backend)
+    _distributed.gather(params, shards, combined, group, accumulate)
+    return Aggregation(result, h)
 
 
 class _Deferred(NamedTuple):
@@ -1132,26 +1210,23 @@ class MultiObjectiveOptimizer:
     def _sharded_solve_and_write(
         self, params: list[torch.Tensor], grads: list[list[torch.Tensor | None]], accumulate: bool
     ) -> None:
-        """The step across the process group (:mod:`conflict_opt._distributed`): this rank's
-        shard of the averaged gradients, its part of the Gram completed by a K×K all-reduce,
-        the same solve on every rank, this rank's part of Σ a_k g_k, gathered into ``.grad``."""
+        """The step across the process group in the sharded scheme (:func:`_sharded_aggregate`)."""
         k = len(grads)
-        shards = _distributed.scatter(params, grads, self._slot_dtypes(params), self._group)
         device = params[0].device
-        local = [[part.grads[i] for part in shards] for i in range(k)]
-        if shards:
-            h = gram(local, backend=self.primitive_backend, accumulate_dtype=torch.float64)
-        else:  # no objective reaches any parameter on any rank
-            h = torch.zeros(k, k, dtype=torch.float64, device=device)
-        _distributed.dist.all_reduce(h, group=self._group)
-        h = self._unscale(h)
-        w = self.weights if device.type == "cpu" else self._weights_for(k, device)
-        result = solve(h, w, method=self.method, c=self.c, backend=self.backend, validate=False)
-        combined = [torch.empty(part.size, dtype=part.out_dtype, device=device) for part in shards]
-        if shards:
-            combine_(combined, local, result.coeffs, backend=self.primitive_backend)
-        _distributed.gather(params, shards, combined, self._group, accumulate)
-        self._record(Aggregation(result, h), k)
+        agg = _sharded_aggregate(
+            params,
+            grads,
+            self._slot_dtypes(params),
+            self._group,
+            self.weights if device.type == "cpu" else self._weights_for(k, device),
+            method=self.method,
+            c=self.c,
+            backend=self.backend,
+            primitive_backend=self.primitive_backend,
+            accumulate=accumulate,
+            unscale=self._unscale,
+        )
+        self._record(agg, k)
 
     def _average(
         self,

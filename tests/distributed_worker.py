@@ -206,6 +206,35 @@ def options_differ(rank: int, weights_0: Any = WEIGHTS, **on_rank_1: Any) -> dic
     return {"error": error, "untouched": untouched, "params": params_of(net)}
 
 
+def functional(rank: int, weights_1: Any = WEIGHTS, group: bool = True) -> dict[str, Any]:
+    """:func:`conflict_opt.aggregate_` with ``process_group``: each rank passes its own
+    shard's gradients; SGD with momentum takes the step. With ``weights_1`` rank 1 passes other
+    weights: every rank must raise, with nothing written. Without ``group``, the default: no
+    communication although torch.distributed is initialised."""
+    net = Net()
+    params = list(net.parameters())
+    inner = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    weights = weights_1 if rank == 1 else WEIGHTS
+    gram = None
+    for step in range(STEPS):
+        inner.zero_grad()
+        losses = shard_losses(net, net, step, rank)
+        grads = [
+            list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+            for loss in losses
+        ]
+        try:
+            agg = conflict_opt.aggregate_(
+                params, grads, weights, process_group=dist.group.WORLD if group else None
+            )
+        except ValueError as err:
+            untouched = all(p.grad is None for p in params)
+            return {"error": str(err), "untouched": untouched}
+        gram = agg.gram.clone()
+        inner.step()
+    return {"error": None, "params": params_of(net), "gram": gram}
+
+
 def dtensor(rank: int) -> dict[str, Any]:
     """A parameter sharded across the ranks (a DTensor, as FSDP2 makes): every rank must raise
     before any collective, naming it."""
@@ -291,6 +320,9 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "weights_none": functools.partial(options_differ, weights=None),
     "uniform_weights": functools.partial(options_differ, weights_0=[1 / K] * K, weights=None),
     "mode_differs": functools.partial(options_differ, mode="gram_first"),
+    "functional": functional,
+    "functional_weights_differ": functools.partial(functional, weights_1=WEIGHTS[::-1]),
+    "functional_local": functools.partial(functional, group=False),
     "closure": closure,
     "local_group": local_group,
 }

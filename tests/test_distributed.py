@@ -301,6 +301,37 @@ def test_uniform_weights_given_as_none_or_as_values_agree(
     assert thirds in results[1]["error"], results[1]["error"]
 
 
+def test_aggregate_with_a_process_group_averages_each_objective_before_the_gram(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """The function, handed each rank's local gradients and the group, takes the steps that
+    the reference takes with gradients averaged by hand, on both ranks alike."""
+    results = scenario(ranks, scheme, "functional")
+    assert [result["error"] for result in results] == [None, None]
+    assert_replicas_equal(results)
+    assert_matches(results[0]["params"], reference(), 1e-6)
+    torch.testing.assert_close(results[0]["gram"], results[1]["gram"], rtol=0, atol=0)
+
+
+def test_aggregate_without_a_process_group_communicates_nothing(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """The default stays local with torch.distributed initialised: gradients the caller
+    averaged are not averaged again."""
+    for rank, result in enumerate(scenario(ranks, scheme, "functional_local")):
+        assert_matches(result["params"], reference(shards=(rank,)), 1e-6)
+
+
+def test_aggregate_with_a_process_group_refuses_other_weights_on_every_rank(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    for result in scenario(ranks, scheme, "functional_weights_differ"):
+        assert result["error"] is not None, result
+        assert "options that differ, this rank's: weights=" in result["error"], result["error"]
+        assert "this rank: aggregate_()" in result["error"], result["error"]
+        assert result["untouched"]
+
+
 def test_sharded_parameters_are_refused_on_every_rank(
     ranks: list[dict[str, Any]], scheme: str
 ) -> None:
@@ -370,6 +401,10 @@ def test_process_group_must_be_a_process_group(bad: Any) -> None:
         conflict_opt.MultiObjectiveOptimizer(
             torch.optim.SGD(Net().parameters(), lr=0.1), process_group=bad
         )
+    w = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match=f"got {type(bad).__name__}"):
+        conflict_opt.aggregate_([w], [[torch.ones(2)]], process_group=bad)
+    assert w.grad is None
 
 
 def _agree_across(
