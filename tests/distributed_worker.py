@@ -53,8 +53,9 @@ def shard_losses(
     """The K losses of one shard's micro-batch (means over 8 rows). ``model`` runs the
     forward (``net`` itself, or a ``DistributedDataParallel`` around it)."""
     gen = torch.Generator().manual_seed(10_000 * step + 100 * shard + micro)
-    x = torch.randn(8, 6, generator=gen)
-    y = torch.randn(len(net.heads), 8, 1, generator=gen)
+    dtype = net.trunk[0].weight.dtype  # float64 for a model made double
+    x = torch.randn(8, 6, generator=gen).to(dtype)
+    y = torch.randn(len(net.heads), 8, 1, generator=gen).to(dtype)
     z = model(x)
     losses = [((head(z) - y[i]) ** 2).mean() for i, head in enumerate(net.heads)]
     losses[0] = losses[0] + net.empty.sum()
@@ -164,25 +165,31 @@ def k_mismatch(rank: int, mode: str) -> dict[str, Any]:
     return {"error": None}
 
 
-def uneven(rank: int, **options: Any) -> dict[str, Any]:
-    """Rank 0 calls backward twice in the first step, rank 1 once: every rank must raise, no
-    parameter may move on any (in the modes that write .grad at backward too, where rank 1's
-    step has nothing else to wait for), and both go on training together after zero_grad."""
+def uneven(rank: int, micro_batches: int = 1, at_step: int = 0, **options: Any) -> dict[str, Any]:
+    """Every step has ``micro_batches`` micro-batches on each rank, but at step ``at_step`` rank
+    0 calls backward once more: every rank must raise, no parameter may move on any in that
+    step (in the modes that write .grad at backward too, where rank 1's step has nothing else
+    to wait for), and both go on training together after zero_grad."""
     net = Net()
     opt = conflict_opt.MultiObjectiveOptimizer(
         torch.optim.SGD(net.parameters(), lr=0.1), WEIGHTS, **options
     )
+    for step in range(at_step):
+        opt.zero_grad()
+        for micro in range(micro_batches):
+            opt.backward(shard_losses(net, net, step, rank, micro))
+        opt.step()
     before = params_of(net)
     error = None
     try:
         opt.zero_grad()
-        for micro in range(2 if rank == 0 else 1):
-            opt.backward(shard_losses(net, net, 0, rank, micro))
+        for micro in range(micro_batches + 1 if rank == 0 else micro_batches):
+            opt.backward(shard_losses(net, net, at_step, rank, micro))
         opt.step()
     except ValueError as err:
         error = str(err)
     untouched = all(torch.equal(before[n], p) for n, p in params_of(net).items())
-    for step in range(1, STEPS):
+    for step in range(at_step + 1, STEPS):
         opt.zero_grad()
         opt.step(shard_losses(net, net, step, rank))
     return {"error": error, "untouched": untouched, "params": params_of(net)}
@@ -206,15 +213,24 @@ def options_differ(rank: int, weights_0: Any = WEIGHTS, **on_rank_1: Any) -> dic
     return {"error": error, "untouched": untouched, "params": params_of(net)}
 
 
-def functional(rank: int, weights_1: Any = WEIGHTS, group: bool = True) -> dict[str, Any]:
+def functional(
+    rank: int,
+    weights_1: Any = WEIGHTS,
+    group: bool = True,
+    weights_0: Any = WEIGHTS,
+    double: bool = False,
+    **on_rank_1: Any,
+) -> dict[str, Any]:
     """:func:`conflict_opt.aggregate_` with ``process_group``: each rank passes its own
-    shard's gradients; SGD with momentum takes the step. With ``weights_1`` rank 1 passes other
-    weights: every rank must raise, with nothing written. Without ``group``, the default: no
-    communication although torch.distributed is initialised."""
-    net = Net()
+    shard's gradients; SGD with momentum takes the step. With ``weights_1`` (or other options,
+    ``on_rank_1``) rank 1 passes other ones: every rank must raise, with nothing written.
+    Without ``group``, the default: no communication although torch.distributed is
+    initialised. ``double``: the whole model in float64."""
+    net = Net().double() if double else Net()
     params = list(net.parameters())
     inner = torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    weights = weights_1 if rank == 1 else WEIGHTS
+    weights = weights_1 if rank == 1 else weights_0
+    options = on_rank_1 if rank == 1 else {}
     gram = None
     for step in range(STEPS):
         inner.zero_grad()
@@ -225,7 +241,11 @@ def functional(rank: int, weights_1: Any = WEIGHTS, group: bool = True) -> dict[
         ]
         try:
             agg = conflict_opt.aggregate_(
-                params, grads, weights, process_group=dist.group.WORLD if group else None
+                params,
+                grads,
+                weights,
+                process_group=dist.group.WORLD if group else None,
+                **options,
             )
         except ValueError as err:
             untouched = all(p.grad is None for p in params)
@@ -233,6 +253,58 @@ def functional(rank: int, weights_1: Any = WEIGHTS, group: bool = True) -> dict[
         gram = agg.gram.clone()
         inner.step()
     return {"error": None, "params": params_of(net), "gram": gram}
+
+
+def functional_invalid(rank: int) -> dict[str, Any]:
+    """:func:`conflict_opt.aggregate_` with ``process_group`` and the same invalid ``c`` on
+    every rank: each must raise the one-process error, naming it, with nothing written."""
+    net = Net()
+    params = list(net.parameters())
+    losses = shard_losses(net, net, 0, rank)
+    grads = [
+        list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+        for loss in losses
+    ]
+    try:
+        conflict_opt.aggregate_(params, grads, WEIGHTS, c=1.5, process_group=dist.group.WORLD)
+    except ValueError as err:
+        return {"error": str(err), "untouched": all(p.grad is None for p in params)}
+    return {"error": None}
+
+
+def functional_dtensor(rank: int) -> dict[str, Any]:
+    """:func:`conflict_opt.aggregate_` with ``process_group`` and a parameter sharded across
+    the ranks (a DTensor): every rank must raise, naming it, with nothing written."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    whole = torch.nn.Parameter(torch.randn(3))
+    sharded = torch.nn.Parameter(distribute_tensor(torch.randn(4, 2), mesh, [Shard(0)]))
+    grads = [[torch.ones(3), torch.ones_like(sharded)], [torch.ones(3), torch.ones_like(sharded)]]
+    try:
+        conflict_opt.aggregate_([whole, sharded], grads, process_group=dist.group.WORLD)
+    except ValueError as err:
+        return {"error": str(err), "untouched": whole.grad is None and sharded.grad is None}
+    return {"error": None}
+
+
+def freeze_after_backward(rank: int, **options: Any) -> dict[str, Any]:
+    """Rank 1 freezes ``extra`` between the first step's backward and its step (and unfreezes
+    it after): the step takes what backward gathered, on every rank alike (as in plain torch,
+    where requires_grad is read at backward), so the ranks agree and stay identical."""
+    net = Net()
+    opt = conflict_opt.MultiObjectiveOptimizer(
+        torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9), WEIGHTS, **options
+    )
+    for step in range(STEPS):
+        opt.zero_grad()
+        opt.backward(shard_losses(net, net, step, rank))
+        if rank == 1 and step == 0:
+            net.extra.requires_grad_(False)
+        opt.step()
+        net.extra.requires_grad_(True)
+    return {"params": params_of(net)}
 
 
 def dtensor(rank: int) -> dict[str, Any]:
@@ -316,13 +388,36 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "uneven_unchecked": functools.partial(uneven, check_finite=False),
     "uneven_per_micro_batch": functools.partial(uneven, accumulation="per_micro_batch"),
     "uneven_gram_first": functools.partial(uneven, mode="gram_first"),
+    # The second step, two micro-batches against three: the counts restart at every step.
+    "uneven_later": functools.partial(uneven, micro_batches=2, at_step=1),
+    "uneven_later_gram_first": functools.partial(
+        uneven, micro_batches=2, at_step=1, mode="gram_first"
+    ),
     "weights_differ": functools.partial(options_differ, weights=WEIGHTS[::-1], c=0.2),
     "weights_none": functools.partial(options_differ, weights=None),
     "uniform_weights": functools.partial(options_differ, weights_0=[1 / K] * K, weights=None),
     "mode_differs": functools.partial(options_differ, mode="gram_first"),
+    "method_differs": functools.partial(options_differ, method="mgda"),
+    "backend_differs": functools.partial(options_differ, backend="iterative"),
+    "primitive_backend_differs": functools.partial(options_differ, primitive_backend="reference"),
+    "store_dtype_differs": functools.partial(options_differ, store_dtype=torch.bfloat16),
+    "check_finite_differs": functools.partial(options_differ, check_finite=False),
+    "freeze_after_backward": functools.partial(freeze_after_backward),
+    "freeze_after_backward_per_micro_batch": functools.partial(
+        freeze_after_backward, accumulation="per_micro_batch"
+    ),
+    "freeze_after_backward_gram_first": functools.partial(freeze_after_backward, mode="gram_first"),
     "functional": functional,
     "functional_weights_differ": functools.partial(functional, weights_1=WEIGHTS[::-1]),
     "functional_local": functools.partial(functional, group=False),
+    "functional_uniform_weights": functools.partial(
+        functional, weights_0=None, weights_1=[1 / K] * K
+    ),
+    "functional_method_differs": functools.partial(functional, method="mgda"),
+    "functional_c_differs": functools.partial(functional, c=0.2),
+    "functional_double": functools.partial(functional, double=True),
+    "functional_invalid": functional_invalid,
+    "functional_dtensor": functional_dtensor,
     "closure": closure,
     "local_group": local_group,
 }

@@ -103,8 +103,11 @@ def reference(
     per_micro_batch: bool = False,
     store_dtype: torch.dtype | None = None,
     double: bool = False,
+    whole_double: bool = False,
 ) -> Net:
     net = Net(double=double)
+    if whole_double:
+        net = net.double()
     params = list(net.parameters())
     if optimizer == "sgd":
         inner = torch.optim.SGD(params, lr=0.1, momentum=0.9)
@@ -285,6 +288,66 @@ def test_ranks_with_other_options_or_weights_all_raise_before_any_pass(
         assert "mode='gram_first', accumulation='per_micro_batch'" in results[1]["error"]
 
 
+@pytest.mark.parametrize("name", ["uneven_later", "uneven_later_gram_first"])
+def test_micro_batches_are_counted_within_each_step(
+    ranks: list[dict[str, Any]], scheme: str, name: str
+) -> None:
+    """After a full step of two micro-batches on both ranks, rank 0's third micro-batch of the
+    next step meets rank 1's step: both raise, naming where each is within that step (not
+    counting the earlier step's micro-batches), and train on together after zero_grad."""
+    results = scenario(ranks, scheme, name)
+    for rank, result in enumerate(results):
+        error = result["error"]
+        assert error is not None, result
+        assert "(call: backward..step, micro-batch: 2..3; this rank: " in error, error
+        where = "backward() of micro-batch 3" if rank == 0 else "step() after 2 micro-batches,"
+        assert where in error, error
+        assert result["untouched"]
+    assert_replicas_equal(results)
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [
+        ("method_differs", "method"),
+        ("backend_differs", "backend"),
+        ("primitive_backend_differs", "primitive_backend"),
+        ("store_dtype_differs", "store_dtype"),
+        # Where the Gram is non-finite one rank would skip the step and the other take it.
+        ("check_finite_differs", "check_finite"),
+    ],
+)
+def test_ranks_that_differ_in_any_one_option_all_raise_naming_it(
+    ranks: list[dict[str, Any]], scheme: str, name: str, option: str
+) -> None:
+    """Every option decides the step (the problem solved, how, or from what gradients): ranks
+    that differ in any one of them would drift apart, so every rank raises, naming it."""
+    for result in scenario(ranks, scheme, name):
+        assert result["error"] is not None, name
+        assert "options that differ, this rank's: " in result["error"], result["error"]
+        assert f"{option}=" in result["error"].split("options that differ")[1], result["error"]
+        assert result["untouched"]
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "atol"),
+    [
+        ("freeze_after_backward", {}, 1e-6),
+        ("freeze_after_backward_per_micro_batch", {"per_micro_batch": True}, 1e-6),
+        ("freeze_after_backward_gram_first", {"per_micro_batch": True}, 1e-5),
+    ],
+)
+def test_a_parameter_frozen_between_backward_and_step_on_one_rank_still_takes_that_step(
+    ranks: list[dict[str, Any]], scheme: str, name: str, kwargs: dict[str, Any], atol: float
+) -> None:
+    """The step is taken with what backward gathered (as in plain torch, which reads
+    requires_grad at backward): a parameter frozen after it on one rank changes nothing, in
+    any mode; the replicas stay identical and equal to the averaged reference."""
+    results = scenario(ranks, scheme, name)
+    assert_replicas_equal(results)
+    assert_matches(results[0]["params"], reference(**kwargs), atol)
+
+
 def test_uniform_weights_given_as_none_or_as_values_agree(
     ranks: list[dict[str, Any]], scheme: str
 ) -> None:
@@ -329,6 +392,72 @@ def test_aggregate_with_a_process_group_refuses_other_weights_on_every_rank(
         assert result["error"] is not None, result
         assert "options that differ, this rank's: weights=" in result["error"], result["error"]
         assert "this rank: aggregate_()" in result["error"], result["error"]
+        assert result["untouched"]
+
+
+def test_aggregate_with_a_process_group_takes_the_wrappers_steps_bit_for_bit(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """The function with the group and the wrapper run the same scheme (all-reduce, or
+    sharded where the backend takes it): the same steps to the last bit."""
+    functional = scenario(ranks, scheme, "functional")
+    wrapper = scenario(ranks, scheme, "store")
+    for rank in range(WORLD):
+        for name, value in wrapper[rank]["params"].items():
+            assert torch.equal(functional[rank]["params"][name], value), (rank, name)
+
+
+def test_aggregate_with_a_process_group_agrees_on_none_and_uniform_weights(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """None means 1/K each for the function too: a rank with None and one with explicit 1/3s
+    solve the same problem and take the same steps."""
+    results = scenario(ranks, scheme, "functional_uniform_weights")
+    assert [result["error"] for result in results] == [None, None]
+    assert_replicas_equal(results)
+
+
+@pytest.mark.parametrize(("name", "option"), [("method_differs", "method"), ("c_differs", "c")])
+def test_aggregate_with_a_process_group_refuses_other_options_on_every_rank(
+    ranks: list[dict[str, Any]], scheme: str, name: str, option: str
+) -> None:
+    """A rank with another method or c would solve another problem: every rank raises,
+    naming it, with nothing written."""
+    for result in scenario(ranks, scheme, f"functional_{name}"):
+        assert result["error"] is not None, result
+        assert f"options that differ, this rank's: {option}=" in result["error"], result["error"]
+        assert result["untouched"]
+
+
+def test_aggregate_with_a_process_group_averages_float64_in_float64(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """A float64 model's gradients are averaged in float64: the steps equal the hand-averaged
+    float64 reference to float64 rounding, far below float32's."""
+    results = scenario(ranks, scheme, "functional_double")
+    assert [result["error"] for result in results] == [None, None]
+    assert_replicas_equal(results)
+    assert_matches(results[0]["params"], reference(whole_double=True), 1e-12)
+
+
+def test_aggregate_with_a_process_group_raises_for_an_invalid_option_on_every_rank(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """The same invalid option on every rank: the error of one process, on every rank, with
+    nothing written, in either scheme."""
+    for result in scenario(ranks, scheme, "functional_invalid"):
+        assert result["error"] is not None and "`c` must be" in result["error"], result
+        assert result["untouched"]
+
+
+def test_aggregate_with_a_process_group_refuses_sharded_parameters_on_every_rank(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """A parameter sharded across the ranks (a DTensor) passed to the function: every rank
+    raises, naming it, with nothing written."""
+    for result in scenario(ranks, scheme, "functional_dtensor"):
+        assert result["error"] is not None and "DTensor" in result["error"], result
+        assert "sharded across ranks" in result["error"]
         assert result["untouched"]
 
 
