@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -49,6 +49,7 @@ except ImportError:  # pragma: no cover - depends on the torch build
 
 __all__ = [
     "CALLS",
+    "SETTINGS",
     "SHARDED_BACKENDS",
     "Shards",
     "agree",
@@ -112,6 +113,36 @@ def mean_of(value: torch.Tensor, group: Any) -> torch.Tensor:
 CALLS = ("backward", "step", "aggregate_")
 
 
+# The settings compared by agree(), in this order. Every caller sends all of them (a setting
+# it does not have as a placeholder), so that the handshake has one length whoever calls it: a
+# rank in the wrapper's backward and one in aggregate_ then disagree on `call`, instead of
+# exchanging buffers of two sizes (which gloo answers by aborting the process).
+SETTINGS = (
+    "method",
+    "c",
+    "backend",
+    "primitive_backend",
+    "mode",
+    "store_dtype",
+    "accumulation",
+    "check_finite",
+    "accumulate",
+    "weights",
+)
+# The parameter dtypes whose values are counted apart: a dtype that differs between ranks
+# would give the averaging buffers of other sizes.
+_COUNTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_COUNTS = (
+    "call",
+    "micro-batch",
+    "losses",
+    "trainable parameters",
+    "trainable values",
+    *(f"{str(d).removeprefix('torch.')} values" for d in _COUNTED),
+)
+_ABSENT = -1  # a setting the caller does not have (CRC-32 codes are not negative)
+
+
 def agree(
     params: Sequence[torch.Tensor],
     k: int,
@@ -121,7 +152,7 @@ def agree(
     call: str,
     micro_batch: int,
     finite: bool = True,
-    settings: Sequence[tuple[str, Any]] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> list[int]:
     """Check that every rank of ``group`` is at the same point of the same step, before the
     collectives of that point, and return the ranks that saw a non-finite loss.
@@ -134,22 +165,35 @@ def agree(
     * ``micro_batch``: in ``backward``, which micro-batch of the step this is (from 1); in
       ``step``, how many there were. A rank that called ``backward`` once more than the others
       meets their ``step`` (or their next step's first ``backward``) here;
-    * the number of objectives, of trainable parameters and of trainable values;
-    * ``settings``: (name, value) pairs that must be equal on every rank, compared by a CRC-32
-      of their ``repr`` (exact for floats and lists of floats): the wrapper's options and
-      weights, which would otherwise make the ranks solve different problems, and their
-      replicas drift apart without an error.
+    * the number of objectives, of trainable parameters and of their values, in all and per
+      float dtype (not their shapes);
+    * ``settings``: values by name, from :data:`SETTINGS`, that must be equal on every rank,
+      compared by a CRC-32 of their ``repr`` (exact for floats and lists of floats): the
+      options and weights, which would otherwise make the ranks solve different problems, and
+      their replicas drift apart without an error. Those not given count as absent.
 
-    One collective of 2·(5 + S) + W values (MAX of x and of −x gives max and min; one flag per
-    rank for a non-finite loss) and one host read.
+    One collective of 2·(9 + 10) + W integers, whoever calls it (MAX of x and of −x gives max
+    and min; one flag per rank for a non-finite loss), and one host read.
 
     Raises:
         ValueError: the ranks disagree (every rank raises, naming the spread of each count and
             the settings that differ, with this rank's values).
     """
+    settings = dict(settings or {})
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {SETTINGS}.")
     world, rank = dist.get_world_size(group), dist.get_rank(group)
+    per_dtype = dict.fromkeys(_COUNTED, 0)
+    for p in params:
+        if p.dtype in per_dtype:
+            per_dtype[p.dtype] += p.numel()
     mine = [CALLS.index(call), micro_batch, k, len(params), sum(p.numel() for p in params)]
-    mine += [zlib.crc32(repr(value).encode()) for _, value in settings]
+    mine += per_dtype.values()
+    mine += [
+        zlib.crc32(repr(settings[name]).encode()) if name in settings else _ABSENT
+        for name in SETTINGS
+    ]
     n = len(mine)
     sig = [*mine, *(-v for v in mine), *([0] * world)]
     if not finite:
@@ -159,16 +203,16 @@ def agree(
     values = reduced.tolist()
     high, low = values[:n], [-v for v in values[n : 2 * n]]
     if high != low:
-        names = ("call", "micro-batch", "losses", "trainable parameters", "trainable values")
+        counted = len(_COUNTS)
         parts = [
             ", ".join(
                 f"{name}: {_shown(name, lo)}..{_shown(name, hi)}"
-                for name, lo, hi in zip(names, low, high, strict=False)
+                for name, lo, hi in zip(_COUNTS, low, high, strict=False)
                 if lo != hi
             ),
             ", ".join(
-                f"{name}={value!r}"
-                for (name, value), lo, hi in zip(settings, low[5:], high[5:], strict=True)
+                f"{name}={settings[name]!r}" if name in settings else f"{name} not used"
+                for name, lo, hi in zip(SETTINGS, low[counted:], high[counted:], strict=True)
                 if lo != hi
             ),
         ]

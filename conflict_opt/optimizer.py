@@ -167,14 +167,14 @@ def aggregate_(
             raise ValueError("`params` must hold at least one parameter with a process group.")
         _distributed.check_whole(params)
         k, device = len(grads), params[0].device
-        settings = [
-            ("method", method),
-            ("c", float(c)),
-            ("backend", backend),
-            ("primitive_backend", primitive_backend),
-            ("accumulate", accumulate),
-            ("weights", [1.0 / k] * k if w is None else w.tolist()),
-        ]
+        settings = {
+            "method": method,
+            "c": float(c),
+            "backend": backend,
+            "primitive_backend": primitive_backend,
+            "accumulate": accumulate,
+            "weights": [1.0 / k] * k if w is None else w.tolist(),
+        }
         _distributed.agree(
             params, k, group, device, call="aggregate_", micro_batch=0, settings=settings
         )
@@ -637,7 +637,7 @@ class MultiObjectiveOptimizer:
             with more than one rank, as ``DistributedDataParallel`` defaults to it; a group
             of one rank turns averaging off. Use it instead of ``DistributedDataParallel``,
             whose reducer never sees the wrapper's per-objective passes. Every ``backward``
-            and every step starts with one small collective (28 + W integers, one host read,
+            and every step starts with one small collective (38 + W integers, one host read,
             whatever ``check_finite``) in which the ranks check that they are at the same
             point of the same step with the same K, parameters, options and weights: every
             rank must call ``backward`` as often per step as the others.
@@ -959,13 +959,14 @@ class MultiObjectiveOptimizer:
                     nonfinite = stacked.tolist()
         return [loss if loss.ndim == 0 else loss.reshape(()) for loss in items], nonfinite
 
-    def _settings(self, k: int) -> list[tuple[str, Any]]:
+    def _settings(self, k: int) -> dict[str, Any]:
         """What every rank of a process group must share (:func:`_distributed.agree`): the
         options and the weights the solve uses (uniform ones as values, so that None and
         explicit uniform weights agree)."""
         w = self._weights
-        weights = [1.0 / k] * k if w is None else w.tolist()
-        return [(name, getattr(self, name)) for name in _OPTIONS] + [("weights", weights)]
+        settings = {name: getattr(self, name) for name in _OPTIONS}
+        settings["weights"] = [1.0 / k] * k if w is None else w.tolist()
+        return settings
 
     def _weights_for(self, k: int, device: torch.device) -> torch.Tensor:
         if self.weights is None:

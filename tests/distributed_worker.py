@@ -307,6 +307,28 @@ def freeze_after_backward(rank: int, **options: Any) -> dict[str, Any]:
     return {"params": params_of(net)}
 
 
+def mixed_calls(rank: int) -> dict[str, Any]:
+    """Rank 0 calls :func:`conflict_opt.aggregate_` with the group while rank 1 is in the
+    wrapper's ``backward``: the two handshakes must have one length (gloo aborts the process
+    on a size mismatch), so that both ranks raise, naming the two calls."""
+    net = Net()
+    params = list(net.parameters())
+    losses = shard_losses(net, net, 0, rank)
+    try:
+        if rank == 0:
+            grads = [
+                list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+                for loss in losses
+            ]
+            conflict_opt.aggregate_(params, grads, WEIGHTS, process_group=dist.group.WORLD)
+        else:
+            opt = conflict_opt.MultiObjectiveOptimizer(torch.optim.SGD(params, lr=0.1), WEIGHTS)
+            opt.backward(losses)
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}
+
+
 def dtensor(rank: int) -> dict[str, Any]:
     """A parameter sharded across the ranks (a DTensor, as FSDP2 makes): every rank must raise
     before any collective, naming it."""
@@ -418,6 +440,7 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "functional_double": functools.partial(functional, double=True),
     "functional_invalid": functional_invalid,
     "functional_dtensor": functional_dtensor,
+    "mixed_calls": mixed_calls,
     "closure": closure,
     "local_group": local_group,
 }

@@ -593,7 +593,14 @@ def test_agree_reports_exactly_the_ranks_with_a_nonfinite_loss(
         ({"call": "step"}, "call: backward..step"),
         ({"micro_batch": 3}, "micro-batch: 1..3"),
         ({"k": 2}, "losses: 2..3"),
-        ({"params": [torch.zeros(3)]}, "trainable parameters: 1..2, trainable values: 3..7"),
+        (
+            {"params": [torch.zeros(3)]},
+            "trainable parameters: 1..2, trainable values: 3..7, float32 values: 3..7",
+        ),
+        (
+            {"params": [torch.zeros(3, dtype=torch.float64), torch.zeros(2, 2)]},
+            "float32 values: 4..7, float64 values: 0..3",
+        ),
         ({"params": [torch.zeros(7), torch.zeros(0)]}, None),  # same counts, same values
     ],
 )
@@ -612,11 +619,39 @@ def test_agree_names_the_spread_of_what_differs_on_every_rank(
 def test_agree_compares_settings_exactly_and_shows_each_rank_its_own(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base = [("c", 0.4), ("weights", [0.5, 0.3, 0.2])]
-    nudged = [("c", 0.4), ("weights", [0.5, 0.3, 0.2 + 2**-55])]  # one bit of the last weight
+    base = {"c": 0.4, "weights": [0.5, 0.3, 0.2]}
+    nudged = {"c": 0.4, "weights": [0.5, 0.3, 0.2 + 2**-55]}  # one bit of the last weight
     outcomes = _agree_across(monkeypatch, [{"settings": base}, {"settings": nudged}])
     assert all(isinstance(o, str) for o in outcomes)
     assert "options that differ, this rank's: weights=[0.5, 0.3, 0.2]; " in outcomes[0]
-    assert f"this rank's: weights={nudged[1][1]!r}; " in outcomes[1]
+    assert f"this rank's: weights={nudged['weights']!r}; " in outcomes[1]
     assert "c=" not in outcomes[0]
     assert _agree_across(monkeypatch, [{"settings": base}] * 2) == [[]] * 2
+
+
+def test_agree_has_one_length_whoever_calls_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wrapper sends its nine settings, aggregate_ six (the simulated collective stacks the
+    signatures, which needs one length, as gloo does): the ranks disagree on the call and on
+    the settings one of them does not use, instead of exchanging buffers of two sizes."""
+    wrapper = {"method": "cagrad_clip", "mode": "store", "weights": [0.5, 0.5]}
+    function = {"method": "cagrad_clip", "accumulate": False, "weights": [0.5, 0.5]}
+    outcomes = _agree_across(
+        monkeypatch,
+        [{"settings": wrapper}, {"settings": function, "call": "aggregate_", "micro_batch": 0}],
+    )
+    for outcome in outcomes:
+        assert isinstance(outcome, str), outcome
+        assert "(call: backward..aggregate_, micro-batch: 0..1; options that differ" in outcome
+    assert "this rank's: mode='store', accumulate not used; this rank: backward()" in outcomes[0]
+    assert "this rank's: mode not used, accumulate=False; this rank: aggregate_()" in outcomes[1]
+    [unknown] = _agree_across(monkeypatch, [{"settings": {"lr": 0.1}}])
+    assert isinstance(unknown, str) and unknown.startswith("unknown settings ['lr']"), unknown
+
+
+def test_a_rank_in_aggregate_and_one_in_the_wrappers_backward_both_raise(
+    ranks: list[dict[str, Any]], scheme: str
+) -> None:
+    """Before the handshake had one length, gloo aborted rank 0 (SIGABRT, a size mismatch)."""
+    for result in scenario(ranks, scheme, "mixed_calls"):
+        assert result["error"] is not None, result
+        assert "call: backward..aggregate_" in result["error"], result["error"]
