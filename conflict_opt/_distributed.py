@@ -153,9 +153,16 @@ def agree(
     micro_batch: int,
     finite: bool = True,
     settings: Mapping[str, Any] | None = None,
+    error: BaseException | None = None,
 ) -> list[int]:
     """Check that every rank of ``group`` is at the same point of the same step, before the
     collectives of that point, and return the ranks that saw a non-finite loss.
+
+    ``error``: this rank's own checks failed before it could take part (a loss without grad,
+    say, which may happen on one rank only); it joins the handshake to say so instead of
+    leaving the others waiting in it, and every rank learns every failed rank's message (one
+    more collective, only then). The other ranks raise ValueError naming them; this rank
+    returns, and its caller raises its own error.
 
     Collectives pair up by their order alone, so ranks that differ in any of these would sum
     unrelated buffers or wait until the backend's timeout; each is compared:
@@ -173,7 +180,8 @@ def agree(
       their replicas drift apart without an error. Those not given count as absent.
 
     One collective of 2·(9 + 10) + W integers, whoever calls it (MAX of x and of −x gives max
-    and min; one flag per rank for a non-finite loss), and one host read.
+    and min; one code per rank: 1 for a non-finite loss, 2 for an ``error``), and one host
+    read.
 
     Raises:
         ValueError: the ranks disagree (every rank raises, naming the spread of each count and
@@ -196,11 +204,24 @@ def agree(
     ]
     n = len(mine)
     sig = [*mine, *(-v for v in mine), *([0] * world)]
-    if not finite:
-        sig[2 * n + rank] = 1
+    sig[2 * n + rank] = 2 if error is not None else 0 if finite else 1
     reduced = torch.tensor(sig, dtype=torch.int64, device=device)
     dist.all_reduce(reduced, op=dist.ReduceOp.MAX, group=group)
     values = reduced.tolist()
+    codes = values[2 * n :]
+    failed = [r for r, code in enumerate(codes) if code == 2]
+    if failed:  # before the comparison: a failed rank's counts are not meaningful
+        mine_text = None if error is None else f"{type(error).__name__}: {error}"
+        messages: list[Any] = [None] * world
+        dist.all_gather_object(messages, mine_text, group=group)
+        if error is not None:
+            return []
+        listed = "; ".join(f"rank {r}: {messages[r]}" for r in failed[:4])
+        more = f" (and {len(failed) - 4} more)" if len(failed) > 4 else ""
+        raise ValueError(
+            f"{len(failed)} of {world} ranks raised in {call}() before its collectives, so "
+            f"this rank stops too, with nothing computed or written on any rank ({listed}{more})."
+        )
     high, low = values[:n], [-v for v in values[n : 2 * n]]
     if high != low:
         counted = len(_COUNTS)
@@ -230,7 +251,7 @@ def agree(
             "rank must call backward() as often per step as the others, pass the same number "
             "of losses, train the same parameters and use the same options and weights."
         )
-    return [r for r, flag in enumerate(values[2 * n :]) if flag]
+    return [r for r, code in enumerate(codes) if code]
 
 
 def _shown(name: str, value: int) -> str:

@@ -998,9 +998,10 @@ class MultiObjectiveOptimizer:
         Raises:
             ValueError: a non-scalar loss, a loss without grad, or a number of losses that
                 does not match the weights or the earlier micro-batches of this step. With a
-                process group, on every rank: ranks that disagree on K, the parameters, the
-                options or weights, or on where they are in the step (one rank's extra
-                micro-batch); nothing is computed.
+                process group, on every rank: such an error on any rank (the others name
+                it), or ranks that disagree on K, the parameters, the options or weights, or
+                on where they are in the step (one rank's extra micro-batch); nothing is
+                computed.
             FloatingPointError: a NaN/Inf loss (with ``check_finite``; with a process group,
                 on any rank, raised on every rank); nothing is written.
             RuntimeError: :meth:`aggregate` already wrote ``.grad`` for this step.
@@ -1012,7 +1013,29 @@ class MultiObjectiveOptimizer:
             )
         if not isinstance(retain_graph, bool):
             raise ValueError(f"`retain_graph` must be a bool, got retain_graph={retain_graph!r}.")
-        self._gather(*self._losses(losses), retain_graph)
+        self._gather(*self._announced(self._losses, losses), retain_graph)
+
+    def _announced(self, check: Callable[..., Any], *args: Any) -> Any:
+        """``check(*args)``; across ranks, a ValueError it raises is announced in the
+        handshake that the other ranks' ``backward`` is waiting in (they then raise too, naming
+        this rank's error), before it is raised here."""
+        try:
+            return check(*args)
+        except ValueError as err:
+            if self._group is not None:
+                params = self._trainable()
+                every = [p for group in self.optimizer.param_groups for p in group["params"]]
+                device = (params or every or [torch.zeros(())])[0].device
+                _distributed.agree(
+                    params,
+                    0,
+                    self._group,
+                    device,
+                    call="backward",
+                    micro_batch=self._micro_batches + 1,
+                    error=err,
+                )
+            raise
 
     def aggregate(self) -> None:
         """Solve and write Σ_k a_k g_k into ``.grad`` now, without the inner step, so that
@@ -1042,13 +1065,8 @@ class MultiObjectiveOptimizer:
     ) -> None:
         """One micro-batch: check (across the ranks of a process group too), then gather."""
         k = len(items)
-        params = self._trainable()
-        if not params:
-            raise ValueError(
-                "the wrapped optimizer has no parameter with requires_grad=True; nothing to train."
-            )
+        params = self._announced(self._checked_params)
         if self._group is not None:
-            _distributed.check_whole(params)
             # Before any pass: the ranks agree on where they are in the step, on K and on the
             # parameters, and all raise together for a non-finite loss on any of them (one
             # raising alone would leave the others waiting in the next collective).
@@ -1086,6 +1104,18 @@ class MultiObjectiveOptimizer:
         self._micro_batches += 1
         self._passed = params
         self._pending = True
+
+    def _checked_params(self) -> list[torch.Tensor]:
+        """The trainable parameters, checked before any pass (across ranks, that none is a
+        shard of a parameter)."""
+        params = self._trainable()
+        if not params:
+            raise ValueError(
+                "the wrapped optimizer has no parameter with requires_grad=True; nothing to train."
+            )
+        if self._group is not None:
+            _distributed.check_whole(params)
+        return params
 
     def _gather_passes(
         self, items: list[torch.Tensor], params: list[torch.Tensor], retain_graph: bool
@@ -1496,7 +1526,7 @@ class MultiObjectiveOptimizer:
             self.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 losses = closure()
-            items, nonfinite = self._losses(losses)
+            items, nonfinite = self._announced(self._losses, losses)
             try:
                 self._gather(items, nonfinite)
             except FloatingPointError as err:

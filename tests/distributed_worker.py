@@ -307,6 +307,36 @@ def freeze_after_backward(rank: int, **options: Any) -> dict[str, Any]:
     return {"params": params_of(net)}
 
 
+def local_error(rank: int, fewer: bool = False, **options: Any) -> dict[str, Any]:
+    """Rank 1's own checks fail in the second micro-batch of step 1: a loss without grad (a
+    task with no example in its shard, written as a constant), or with ``fewer`` one loss
+    fewer than its first micro-batch. Both ranks must raise (rank 0 naming rank 1's error),
+    nothing may move, and both go on training together."""
+    net = Net()
+    opt = conflict_opt.MultiObjectiveOptimizer(
+        torch.optim.SGD(net.parameters(), lr=0.1), WEIGHTS if not fewer else None, **options
+    )
+    opt.zero_grad()
+    opt.step(shard_losses(net, net, 0, rank))
+    before = params_of(net)
+    error = None
+    try:
+        opt.zero_grad()
+        for micro in range(2):
+            losses = shard_losses(net, net, 1, rank, micro)
+            if rank == 1 and micro == 1:
+                losses = losses[:2] if fewer else [*losses[:2], torch.tensor(0.0)]
+            opt.backward(losses)
+        opt.step()
+    except ValueError as err:
+        error = str(err)
+    untouched = all(torch.equal(before[n], p) for n, p in params_of(net).items())
+    for step in range(2, STEPS + 1):
+        opt.zero_grad()
+        opt.step(shard_losses(net, net, step, rank))
+    return {"error": error, "untouched": untouched, "params": params_of(net)}
+
+
 def mixed_calls(rank: int) -> dict[str, Any]:
     """Rank 0 calls :func:`conflict_opt.aggregate_` with the group while rank 1 is in the
     wrapper's ``backward``: the two handshakes must have one length (gloo aborts the process
@@ -441,6 +471,9 @@ SCENARIOS: dict[str, Callable[[int], dict[str, Any]]] = {
     "functional_invalid": functional_invalid,
     "functional_dtensor": functional_dtensor,
     "mixed_calls": mixed_calls,
+    "local_error": local_error,
+    "local_error_gram_first": functools.partial(local_error, mode="gram_first"),
+    "local_error_fewer": functools.partial(local_error, fewer=True),
     "closure": closure,
     "local_group": local_group,
 }

@@ -648,6 +648,30 @@ def test_agree_has_one_length_whoever_calls_it(monkeypatch: pytest.MonkeyPatch) 
     assert isinstance(unknown, str) and unknown.startswith("unknown settings ['lr']"), unknown
 
 
+@pytest.mark.parametrize(
+    ("name", "own"),
+    [
+        ("local_error", "loss 2 does not require grad"),
+        ("local_error_gram_first", "loss 2 does not require grad"),
+        ("local_error_fewer", "got 2 losses, but the earlier micro-batches of this step had 3"),
+    ],
+)
+def test_a_check_that_fails_on_one_rank_raises_on_every_rank(
+    ranks: list[dict[str, Any]], scheme: str, name: str, own: str
+) -> None:
+    """Before, rank 0 stayed in the handshake until rank 1's next backward met it (and both
+    raised a confusing micro-batch error, one step late on rank 1), or until the timeout."""
+    results = scenario(ranks, scheme, name)
+    assert results[1]["error"] is not None and results[1]["error"].startswith(own), results[1]
+    error = results[0]["error"]
+    assert error is not None, results[0]
+    assert "1 of 2 ranks raised in backward() before its collectives" in error, error
+    assert f"rank 1: ValueError: {own}" in error, error
+    for result in results:
+        assert result["untouched"]
+    assert_replicas_equal(results)
+
+
 def test_a_rank_in_aggregate_and_one_in_the_wrappers_backward_both_raise(
     ranks: list[dict[str, Any]], scheme: str
 ) -> None:
