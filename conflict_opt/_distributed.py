@@ -219,43 +219,56 @@ def agree(
         listed = "; ".join(f"rank {r}: {messages[r]}" for r in failed[:4])
         more = f" (and {len(failed) - 4} more)" if len(failed) > 4 else ""
         raise ValueError(
-            f"{len(failed)} of {world} ranks raised in {call}() before its collectives, so "
-            f"this rank stops too, with nothing computed or written on any rank ({listed}{more})."
+            f"{len(failed)} of {world} ranks raised in their own checks before their "
+            "collectives, so this rank stops too, with nothing computed or written on any "
+            f"rank ({listed}{more})."
         )
     high, low = values[:n], [-v for v in values[n : 2 * n]]
     if high != low:
-        counted = len(_COUNTS)
-        parts = [
-            ", ".join(
-                f"{name}: {_shown(name, lo)}..{_shown(name, hi)}"
-                for name, lo, hi in zip(_COUNTS, low, high, strict=False)
-                if lo != hi
-            ),
-            ", ".join(
-                f"{name}={settings[name]!r}" if name in settings else f"{name} not used"
-                for name, lo, hi in zip(SETTINGS, low[counted:], high[counted:], strict=True)
-                if lo != hi
-            ),
-        ]
-        if parts[1]:
-            parts[1] = f"options that differ, this rank's: {parts[1]}"
-        where = {
-            "backward": f"backward() of micro-batch {micro_batch}",
-            "step": f"step() after {micro_batch} micro-batch{'' if micro_batch == 1 else 'es'}",
-            "aggregate_": "aggregate_()",
-        }[call]
-        spread = "; ".join(filter(None, parts))
-        raise ValueError(
-            f"the ranks of the process group disagree on the step ({spread}; this rank: "
-            f"{where}, {k} losses, {mine[3]} trainable parameters, {mine[4]} values). Every "
-            "rank must call backward() as often per step as the others, pass the same number "
-            "of losses, train the same parameters and use the same options and weights."
-        )
+        raise ValueError(_disagreement(high, low, mine, settings, call, micro_batch))
     return [r for r, code in enumerate(codes) if code]
 
 
-def _shown(name: str, value: int) -> str:
-    return CALLS[value] if name == "call" else str(value)
+def _disagreement(
+    high: list[int],
+    low: list[int],
+    mine: list[int],
+    settings: dict[str, Any],
+    call: str,
+    micro_batch: int,
+) -> str:
+    """:func:`agree`'s message: the spread of each count that differs across the ranks, the
+    settings that differ with this rank's values, and where this rank is."""
+
+    def shown(name: str, value: int) -> str:
+        return CALLS[value] if name == "call" else str(value)
+
+    counted = len(_COUNTS)
+    parts = [
+        ", ".join(
+            f"{name}: {shown(name, lo)}..{shown(name, hi)}"
+            for name, lo, hi in zip(_COUNTS, low, high, strict=False)
+            if lo != hi
+        ),
+        ", ".join(
+            f"{name}={settings[name]!r}" if name in settings else f"{name} not used"
+            for name, lo, hi in zip(SETTINGS, low[counted:], high[counted:], strict=True)
+            if lo != hi
+        ),
+    ]
+    if parts[1]:
+        parts[1] = f"options that differ, this rank's: {parts[1]}"
+    where = {
+        "backward": f"backward() of micro-batch {micro_batch}",
+        "step": f"step() after {micro_batch} micro-batch{'' if micro_batch == 1 else 'es'}",
+        "aggregate_": "aggregate_()",
+    }[call]
+    return (
+        f"the ranks of the process group disagree on the step ({'; '.join(filter(None, parts))}; "
+        f"this rank: {where}, {mine[2]} losses, {mine[3]} trainable parameters, {mine[4]} "
+        "values). Every rank must call backward() as often per step as the others, pass the "
+        "same number of losses, train the same parameters and use the same options and weights."
+    )
 
 
 def _shard_kind(p: torch.Tensor) -> str | None:

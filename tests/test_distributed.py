@@ -665,7 +665,7 @@ def test_a_check_that_fails_on_one_rank_raises_on_every_rank(
     assert results[1]["error"] is not None and results[1]["error"].startswith(own), results[1]
     error = results[0]["error"]
     assert error is not None, results[0]
-    assert "1 of 2 ranks raised in backward() before its collectives" in error, error
+    assert "1 of 2 ranks raised in their own checks before their collectives" in error, error
     assert f"rank 1: ValueError: {own}" in error, error
     for result in results:
         assert result["untouched"]
