@@ -42,6 +42,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
+from ._types import FLOAT_DTYPES, OPTIMIZER_OPTIONS
+
 try:  # torch >= 2.4; absent from builds without torch.distributed
     from torch.distributed.tensor import DTensor as _DTENSOR
 except ImportError:  # pragma: no cover - depends on the torch build
@@ -117,21 +119,10 @@ CALLS = ("backward", "step", "aggregate_")
 # it does not have as a placeholder), so that the handshake has one length whoever calls it: a
 # rank in the wrapper's backward and one in aggregate_ then disagree on `call`, instead of
 # exchanging buffers of two sizes (which gloo answers by aborting the process).
-SETTINGS = (
-    "method",
-    "c",
-    "backend",
-    "primitive_backend",
-    "mode",
-    "store_dtype",
-    "accumulation",
-    "check_finite",
-    "accumulate",
-    "weights",
-)
+SETTINGS = (*OPTIMIZER_OPTIONS, "accumulate", "weights")
 # The parameter dtypes whose values are counted apart: a dtype that differs between ranks
 # would give the averaging buffers of other sizes.
-_COUNTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_COUNTED = FLOAT_DTYPES
 _COUNTS = (
     "call",
     "micro-batch",

@@ -14,6 +14,18 @@ METHODS: tuple[str, ...] = ("cagrad_clip", "cagrad", "mgda", "linear")
 BACKENDS: tuple[str, ...] = ("auto", "exact", "closed_form", "iterative")
 # The floating dtypes accepted for Grams, gradients and gradient stores.
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The options of MultiObjectiveOptimizer kept in its state_dict and compared across ranks
+# (conflict_opt._distributed.SETTINGS adds aggregate_'s `accumulate` and the weights).
+OPTIMIZER_OPTIONS: tuple[str, ...] = (
+    "method",
+    "c",
+    "backend",
+    "primitive_backend",
+    "mode",
+    "store_dtype",
+    "accumulation",
+    "check_finite",
+)
 
 
 class Status(enum.IntEnum):

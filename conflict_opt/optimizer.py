@@ -25,7 +25,15 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from . import _distributed
-from ._types import BACKENDS, FLOAT_DTYPES, METHODS, Backend, Method, SolveResult
+from ._types import (
+    BACKENDS,
+    FLOAT_DTYPES,
+    METHODS,
+    OPTIMIZER_OPTIONS,
+    Backend,
+    Method,
+    SolveResult,
+)
 from .diagnostics import diagnostics
 from .primitives import (
     _CPU,
@@ -507,16 +515,7 @@ def _info(h: torch.Tensor, w: torch.Tensor, result: SolveResult) -> dict[str, to
 
 # The options of MultiObjectiveOptimizer (_check_options's arguments); those that decide what
 # backward gathers may not change while a step is in progress.
-_OPTIONS = (
-    "method",
-    "c",
-    "backend",
-    "primitive_backend",
-    "mode",
-    "store_dtype",
-    "accumulation",
-    "check_finite",
-)
+_OPTIONS = OPTIMIZER_OPTIONS
 _GATHERING = frozenset({"mode", "store_dtype", "accumulation"})
 # The wrapper's part of MultiObjectiveOptimizer.state_dict().
 _WRAPPER_KEYS = frozenset({"weights", *_OPTIONS, "steps"})
